@@ -1,0 +1,167 @@
+/**
+ * Configuration: environment variables -> one typed, validated object.
+ * Every setting, its default and its meaning is listed in README.md; a bad
+ * value stops start-up with a message that names the variable.
+ */
+import { z } from "zod";
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number({ error: "must be a number" }).int("must be a whole number").min(min).max(max);
+
+const flag = z
+  .enum(["true", "false", "1", "0", "on", "off", "yes", "no"], { error: "must be true or false" })
+  .transform((v) => v === "true" || v === "1" || v === "on" || v === "yes");
+
+const origins = z.string().transform((value, ctx) => {
+  const out: string[] = [];
+  for (const raw of value.split(",")) {
+    const item = raw.trim();
+    if (!item) continue;
+    try {
+      const url = new URL(item);
+      if (url.origin === "null") throw new Error("opaque origin");
+      out.push(url.origin);
+    } catch {
+      ctx.addIssue({ code: "custom", message: `"${item}" is not an origin like https://chat.example.com` });
+      return z.NEVER;
+    }
+  }
+  return out;
+});
+
+const schema = z.object({
+  /** TCP port. @default 8888 (the original tutorial's) */
+  PORT: int(0, 65535).default(8888),
+  /** Address to listen on. @default "0.0.0.0" (every interface, as the tutorial) */
+  HOST: z.string().min(1).default("0.0.0.0"),
+  /** `memory` (one process) or `redis` (several instances share rooms). @default "memory" */
+  HUB: z.enum(["memory", "redis"]).default("memory"),
+  /** Redis for `HUB=redis`. @default "redis://127.0.0.1:6379" */
+  REDIS_URL: z.string().url("must be a URL like redis://host:6379").default("redis://127.0.0.1:6379"),
+  /** Prefix of every Redis key, so instances of different chats can share one Redis. @default "chat:" */
+  REDIS_PREFIX: z.string().default("chat:"),
+  /** `sqlite` (embedded file) or `memory`; with `HUB=redis` history is in Redis. @default "sqlite" */
+  HISTORY: z.enum(["sqlite", "memory", "redis"]).optional(),
+  /** SQLite file for `HISTORY=sqlite`. @default "./data/chat.db" */
+  HISTORY_PATH: z.string().min(1).default("./data/chat.db"),
+  /** Messages kept per room; older ones are pruned. @default 10000 */
+  HISTORY_LIMIT: int(1).default(10000),
+  /** Messages in the welcome frame when the client does not resume. @default 50 */
+  WELCOME_HISTORY: int(0, 500).default(50),
+  /** Most messages a `since` resume returns before it reports a gap. @default 1000 */
+  RESUME_LIMIT: int(1, 100000).default(1000),
+  /** Longest message, in characters. @default 2000 */
+  MAX_MESSAGE_LENGTH: int(1, 1_000_000).default(2000),
+  /** Largest WebSocket frame accepted; larger closes with 1009. @default 65536 */
+  MAX_FRAME_BYTES: int(128, 64 * 1024 * 1024).default(64 * 1024),
+  /** Bytes queued to one client before it is closed with 1013. @default 1048576 */
+  MAX_BUFFERED_BYTES: int(1024).default(1024 * 1024),
+  /** Rate limit bucket size in messages per connection; 0 turns it off. @default 10 */
+  RATE_LIMIT: int(0).default(10),
+  /** Messages added back to the bucket per second. @default 1 */
+  RATE_LIMIT_REFILL: z.coerce.number().positive("must be above 0").default(1),
+  /** Interval of server pings; two missed pongs end the connection. 0 turns it off. @default 30000 */
+  HEARTBEAT_MS: int(0).default(30000),
+  /** Extra origins allowed to open WebSockets, comma-separated. @default "" */
+  ALLOWED_ORIGINS: origins.default([]),
+  /** HS256 secret; when set, connections need a JWT. @default unset */
+  AUTH_SECRET: z.string().min(16, "must be at least 16 characters").optional(),
+  /** `trace` ... `fatal`, or `silent`. @default "info" */
+  LOG_LEVEL: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+  /** `text` (readable lines) or `json` (JSON lines). @default "text" */
+  LOG_FORMAT: z.enum(["text", "json"]).default("text"),
+  /** PEM certificate file; with TLS_KEY, serves https and wss directly. @default unset */
+  TLS_CERT: z.string().min(1).optional(),
+  /** PEM private key file for TLS_CERT. @default unset */
+  TLS_KEY: z.string().min(1).optional(),
+  /** permessage-deflate for WebSocket frames. @default false */
+  WS_COMPRESSION: flag.default(false),
+  /** Longest a graceful shutdown waits before it exits anyway. @default 4000 */
+  SHUTDOWN_TIMEOUT_MS: int(0, 60000).default(4000),
+});
+
+/** The validated configuration. */
+export interface Config {
+  port: number;
+  host: string;
+  hub: "memory" | "redis";
+  redisUrl: string;
+  redisPrefix: string;
+  history: "sqlite" | "memory" | "redis";
+  historyPath: string;
+  historyLimit: number;
+  welcomeHistory: number;
+  resumeLimit: number;
+  maxMessageLength: number;
+  maxFrameBytes: number;
+  maxBufferedBytes: number;
+  /** Bucket size; 0 when rate limiting is off. */
+  rateLimit: number;
+  rateLimitRefillPerSecond: number;
+  heartbeatMs: number;
+  allowedOrigins: string[];
+  authSecret: string | undefined;
+  logLevel: "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+  logFormat: "text" | "json";
+  tls: { cert: string; key: string } | undefined;
+  wsCompression: boolean;
+  shutdownTimeoutMs: number;
+}
+
+/** Thrown for a bad setting; the message names every bad variable. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/**
+ * Reads the configuration from an environment (process.env, Deno.env, a
+ * Worker's env). Empty strings count as unset.
+ */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const input: Record<string, string> = {};
+  for (const key of Object.keys(schema.shape)) {
+    const value = env[key];
+    if (value !== undefined && value !== "") input[key] = value;
+  }
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => {
+      const key = String(i.path[0] ?? "config");
+      return `  ${key}=${JSON.stringify(input[key] ?? "")}: ${i.message}`;
+    });
+    throw new ConfigError(`invalid configuration:\n${lines.join("\n")}`);
+  }
+  const e = parsed.data;
+  if ((e.TLS_CERT === undefined) !== (e.TLS_KEY === undefined)) {
+    throw new ConfigError("invalid configuration:\n  TLS_CERT and TLS_KEY must be set together");
+  }
+  const history = e.HISTORY ?? (e.HUB === "redis" ? "redis" : "sqlite");
+  if (history === "redis" && e.HUB !== "redis") {
+    throw new ConfigError("invalid configuration:\n  HISTORY=redis needs HUB=redis");
+  }
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    hub: e.HUB,
+    redisUrl: e.REDIS_URL,
+    redisPrefix: e.REDIS_PREFIX,
+    history,
+    historyPath: e.HISTORY_PATH,
+    historyLimit: e.HISTORY_LIMIT,
+    welcomeHistory: e.WELCOME_HISTORY,
+    resumeLimit: e.RESUME_LIMIT,
+    maxMessageLength: e.MAX_MESSAGE_LENGTH,
+    maxFrameBytes: e.MAX_FRAME_BYTES,
+    maxBufferedBytes: e.MAX_BUFFERED_BYTES,
+    rateLimit: e.RATE_LIMIT,
+    rateLimitRefillPerSecond: e.RATE_LIMIT_REFILL,
+    heartbeatMs: e.HEARTBEAT_MS,
+    allowedOrigins: e.ALLOWED_ORIGINS,
+    authSecret: e.AUTH_SECRET,
+    logLevel: e.LOG_LEVEL,
+    logFormat: e.LOG_FORMAT,
+    tls: e.TLS_CERT && e.TLS_KEY ? { cert: e.TLS_CERT, key: e.TLS_KEY } : undefined,
+    wsCompression: e.WS_COMPRESSION,
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+  };
+}

@@ -1,0 +1,121 @@
+import { type ChatMessage, CloseCode, type Mode } from "../protocol.ts";
+
+/**
+ * The one thing the core knows of a connection. Runtime glue adapts its own
+ * socket (ws, Bun's ServerWebSocket, Deno's and Workers' WebSocket) to this.
+ */
+export interface ChatSocket {
+  /** Unique per connection within this process. */
+  readonly id: string;
+  send(text: string): void;
+  close(code: number, reason: string): void;
+  /** Bytes queued for this client and not yet written to the network. */
+  bufferedAmount(): number;
+}
+
+interface Held {
+  id: string | null;
+  text: string;
+}
+
+/**
+ * A connection as the hub sees it: where frames go, under which name and
+ * mode. Frames are held back while the session prepares its welcome (which
+ * must be the first frame) and released after it, minus what the welcome's
+ * history already holds.
+ */
+export class Member {
+  #held: Held[] | null = [];
+  #closing = false;
+
+  /**
+   * @param maxBuffered bytes queued to this client before it is closed with
+   *   1013 (MAX_BUFFERED_BYTES) @default 1048576
+   * @param onSlow told once when the member is closed for not reading
+   */
+  constructor(
+    readonly socket: ChatSocket,
+    readonly name: string | null,
+    readonly mode: Mode,
+    readonly maxBuffered = 1024 * 1024,
+    readonly onSlow: () => void = () => {},
+  ) {}
+
+  /** False once the member was closed for not reading, or has left. */
+  get open(): boolean {
+    return !this.#closing;
+  }
+
+  /** Sends one pre-serialized frame; `id` is the message id it carries, if any. */
+  deliver(text: string, id: string | null = null): void {
+    if (this.#closing) return;
+    if (this.#held) {
+      this.#held.push({ id, text });
+      return;
+    }
+    this.socket.send(text);
+    // A client that does not read must not make the server buffer without
+    // bound, nor slow the others: past the limit it is closed (1013).
+    if (this.socket.bufferedAmount() > this.maxBuffered) {
+      this.#closing = true;
+      this.onSlow();
+      this.socket.close(CloseCode.TryAgainLater, "client is not reading fast enough");
+    }
+  }
+
+  /**
+   * Sends `first` (the welcome), then every held frame, skipping messages the
+   * welcome's history already carried (ids up to `coveredUpTo`).
+   */
+  release(first: string | null, coveredUpTo: string | null): void {
+    const held = this.#held ?? [];
+    this.#held = null;
+    if (first !== null) this.deliver(first);
+    for (const h of held) {
+      if (h.id !== null && coveredUpTo !== null && h.id <= coveredUpTo) continue;
+      this.deliver(h.text, h.id);
+    }
+  }
+
+  /** Stops all delivery (the connection is gone or going). */
+  detach(): void {
+    this.#closing = true;
+    this.#held = null;
+  }
+}
+
+/** A message as a session hands it to the hub, before it has an id. */
+export interface Draft {
+  user: string;
+  message: string;
+  /** The sender's correlation id, echoed only to the sender. */
+  cid?: string;
+}
+
+/**
+ * Rooms, membership and fan-out. The hub is the one authority that gives each
+ * message of a room its id and place in the order; every implementation
+ * passes the same contract suite (test/unit/hub.contract.ts).
+ */
+export interface Hub {
+  /**
+   * Adds a member to a room (presence `joined` goes to the room's v1 members)
+   * and resolves with the names online in the room, this one included.
+   */
+  join(room: string, member: Member): Promise<string[]>;
+  /** Removes a member (presence `left` when it was named). */
+  leave(room: string, member: Member): void;
+  /**
+   * Gives the message its id, stores it, and delivers it to every member of
+   * the room in order. Rejects when it could not be stored: then nobody got it.
+   */
+  publish(room: string, from: Member, draft: Draft): Promise<ChatMessage>;
+  /** Tells the room's other v1 members that `from` is typing. */
+  typing(room: string, from: Member): void;
+  /** Names online in a room (every instance, for a shared hub). */
+  users(room: string): Promise<string[]>;
+  /** False while a backing service is unreachable (/healthz says degraded). */
+  readonly healthy: boolean;
+  /** Releases timers and connections; members are not closed here. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,290 @@
+/**
+ * The chat wire protocol: frame types, close codes, validation and
+ * serialization. The server, the browser client and the tests all import this
+ * module, so it must stay free of any runtime-specific import.
+ *
+ * The contract is ../shared/PROTOCOL.md; the choices it leaves open are in
+ * docs/protocol.md.
+ */
+import { z } from "zod";
+
+/** The subprotocol that selects the full protocol (PROTOCOL.md section 3). */
+export const SUBPROTOCOL = "chat.v1";
+
+/** `seed`: the original tutorial's frames only; `v1`: the `chat.v1` subprotocol. */
+export type Mode = "seed" | "v1";
+
+/** WebSocket close codes the server uses (RFC 6455 section 7.4.1). */
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001,
+  InvalidPayload: 1007,
+  PolicyViolation: 1008,
+  MessageTooBig: 1009,
+  InternalError: 1011,
+  TryAgainLater: 1013,
+} as const;
+
+/** Every `code` an error frame can carry. */
+export type ErrorCode =
+  | "invalid_json"
+  | "invalid_message"
+  | "invalid_frame"
+  | "message_too_long"
+  | "unknown_type"
+  | "unsupported_data"
+  | "rate_limited"
+  | "unavailable";
+
+/** A chat message as stored and as sent to every receiver. */
+export interface ChatMessage {
+  type: "message";
+  /** Room-scoped, fixed-width, string-ordered id (see {@link formatMessageId}). */
+  id: string;
+  room: string;
+  user: string;
+  message: string;
+  /** Server time in milliseconds since the epoch. */
+  ts: number;
+}
+
+/** The echo of a message to its sender, carrying the client's correlation id. */
+export interface EchoFrame extends ChatMessage {
+  cid: string;
+}
+
+export interface WelcomeFrame {
+  type: "welcome";
+  room: string;
+  user: string | null;
+  users: string[];
+  history: ChatMessage[];
+  /** Present only when the client asked to resume with `since`. */
+  recovered?: boolean;
+}
+
+export interface PresenceFrame {
+  type: "presence";
+  users: string[];
+  joined?: string;
+  left?: string;
+}
+
+export interface TypingFrame {
+  type: "typing";
+  user: string;
+}
+
+export interface HistoryFrame {
+  type: "history";
+  messages: ChatMessage[];
+  /** The `before` id the request named, so a client can match the answer. */
+  before?: string;
+}
+
+export interface PongFrame {
+  type: "pong";
+}
+
+export interface ErrorFrame {
+  type: "error";
+  code: ErrorCode;
+  message: string;
+  cid?: string;
+}
+
+export type ServerFrame =
+  | ChatMessage
+  | EchoFrame
+  | WelcomeFrame
+  | PresenceFrame
+  | TypingFrame
+  | HistoryFrame
+  | PongFrame
+  | ErrorFrame;
+
+/** A frame from a client, after validation. */
+export type ClientFrame =
+  | { type: "message"; message: string; user?: string; cid?: string }
+  | { type: "ping" }
+  | { type: "typing" }
+  | { type: "history"; before?: string; limit: number };
+
+/** Limits the parser enforces; all come from the config. */
+export interface ParseLimits {
+  /** @default 2000 characters (Unicode code points) */
+  maxMessageLength: number;
+  /** @default 500 */
+  maxHistoryLimit: number;
+  /** @default 50 */
+  defaultHistoryLimit: number;
+}
+
+export const DEFAULT_PARSE_LIMITS: ParseLimits = {
+  maxMessageLength: 2000,
+  maxHistoryLimit: 500,
+  defaultHistoryLimit: 50,
+};
+
+export type ParseResult =
+  | { ok: true; frame: ClientFrame }
+  | { ok: false; code: ErrorCode; message: string; cid?: string };
+
+/** Display names: 1-32 characters, no control characters. */
+export const MAX_NAME_LENGTH = 32;
+/** Longest accepted `cid`; longer ones are refused rather than echoed. */
+export const MAX_CID_LENGTH = 128;
+
+// C0, DEL and C1 controls, plus the line/paragraph separators and bidi
+// overrides that let a name masquerade as someone else's in a list.
+const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+const ID_PATTERN = /^\d{13}-\d{6}$/;
+
+/** Length in Unicode code points, cheap when the UTF-16 length already decides. */
+export function charLength(text: string, atMost: number): number {
+  if (text.length <= atMost) return text.length;
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
+
+/** Why `name` is not a valid display name, or null when it is. */
+export function nameProblem(name: unknown): string | null {
+  if (typeof name !== "string") return "user must be a string";
+  if (name.trim().length === 0) return "user must not be empty";
+  if (charLength(name, MAX_NAME_LENGTH) > MAX_NAME_LENGTH) return `user must be at most ${MAX_NAME_LENGTH} characters`;
+  if (CONTROL_CHARS.test(name)) return "user must not contain control characters";
+  if (!name.isWellFormed()) return "user must be valid Unicode text";
+  return null;
+}
+
+/** Why `room` is not a valid room name, or null when it is. */
+export function roomProblem(room: string): string | null {
+  return ROOM_PATTERN.test(room) ? null : "room must be 1-64 characters of A-Z a-z 0-9 _ . -";
+}
+
+/** True when `id` has the form of a message id. */
+export function isMessageId(id: unknown): id is string {
+  return typeof id === "string" && ID_PATTERN.test(id);
+}
+
+/**
+ * Message ids are `<13-digit ms>-<6-digit sequence>`: fixed width, so ids of
+ * one room compare as plain strings in their order, across restarts too (the
+ * hub never hands out an id below the room's last one).
+ */
+export function formatMessageId(ms: number, seq: number): string {
+  return `${String(ms).padStart(13, "0")}-${String(seq).padStart(6, "0")}`;
+}
+
+/** The inverse of {@link formatMessageId}. */
+export function parseMessageId(id: string): { ms: number; seq: number } | null {
+  if (!ID_PATTERN.test(id)) return null;
+  return { ms: Number(id.slice(0, 13)), seq: Number(id.slice(14)) };
+}
+
+const messageSchema = z.object({
+  message: z.string({ error: "message must be a string" }),
+  user: z.unknown().optional(),
+  cid: z.string({ error: "cid must be a string" }).max(MAX_CID_LENGTH).optional(),
+});
+
+const historySchema = z.object({
+  before: z.string().regex(ID_PATTERN, "before must be a message id").optional(),
+  limit: z.number().int().positive().optional(),
+});
+
+function firstIssue(error: z.ZodError): string {
+  const issue = error.issues[0];
+  if (!issue) return "invalid frame";
+  const path = issue.path.join(".");
+  return path && !issue.message.startsWith(path) ? `${path}: ${issue.message}` : issue.message;
+}
+
+/**
+ * Parses and validates one text frame from a client.
+ *
+ * Seed mode accepts only the tutorial's `{"user","message"}` frame (any other
+ * `type` is `unknown_type`); `v1` adds ping, typing and history. Whether a
+ * message needs its own `user` depends on the connection, so `needsUser` says.
+ */
+export function parseClientFrame(
+  text: string,
+  mode: Mode,
+  needsUser: boolean,
+  limits: ParseLimits = DEFAULT_PARSE_LIMITS,
+): ParseResult {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { ok: false, code: "invalid_json", message: "frame is not valid JSON" };
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { ok: false, code: "invalid_json", message: "frame must be a JSON object" };
+  }
+  const obj = value as Record<string, unknown>;
+  const cid = typeof obj.cid === "string" && obj.cid.length <= MAX_CID_LENGTH ? obj.cid : undefined;
+  const fail = (code: ErrorCode, message: string): ParseResult =>
+    cid === undefined ? { ok: false, code, message } : { ok: false, code, message, cid };
+
+  const type = obj.type === undefined ? "message" : obj.type;
+  if (type !== "message" && (mode === "seed" || !(type === "ping" || type === "typing" || type === "history"))) {
+    const shown = typeof type === "string" ? JSON.stringify(type.slice(0, 40)) : typeof type;
+    return fail("unknown_type", `unknown frame type ${shown}`);
+  }
+  if (type === "ping") return { ok: true, frame: { type: "ping" } };
+  if (type === "typing") return { ok: true, frame: { type: "typing" } };
+  if (type === "history") {
+    const parsed = historySchema.safeParse(obj);
+    if (!parsed.success) return fail("invalid_frame", firstIssue(parsed.error));
+    const limit = Math.min(parsed.data.limit ?? limits.defaultHistoryLimit, limits.maxHistoryLimit);
+    const frame: ClientFrame = { type: "history", limit };
+    if (parsed.data.before !== undefined) frame.before = parsed.data.before;
+    return { ok: true, frame };
+  }
+
+  const parsed = messageSchema.safeParse(obj);
+  if (!parsed.success) {
+    if (obj.message === undefined) return fail("invalid_message", "message is required");
+    return fail("invalid_message", firstIssue(parsed.error));
+  }
+  const { message, user } = parsed.data;
+  if (message.trim().length === 0) return fail("invalid_message", "message must not be empty");
+  if (charLength(message, limits.maxMessageLength) > limits.maxMessageLength) {
+    return fail("message_too_long", `message must be at most ${limits.maxMessageLength} characters`);
+  }
+  if (!message.isWellFormed()) return fail("invalid_message", "message must be valid Unicode text");
+  const frame: ClientFrame = { type: "message", message };
+  // A connection named by `?user=` or a token ignores the frame's `user`.
+  if (needsUser) {
+    if (user === undefined) return fail("invalid_message", "user is required");
+    const problem = nameProblem(user);
+    if (problem) return fail("invalid_message", problem);
+    frame.user = user as string;
+  }
+  if (cid !== undefined) frame.cid = cid;
+  return { ok: true, frame };
+}
+
+/** Serializes a server frame. One call per broadcast, never per recipient. */
+export function serialize(frame: ServerFrame): string {
+  return JSON.stringify(frame);
+}
+
+/** Builds an error frame, with the `cid` when one is known. */
+export function errorFrame(code: ErrorCode, message: string, cid?: string): ErrorFrame {
+  return cid === undefined ? { type: "error", code, message } : { type: "error", code, message, cid };
+}
+
+/**
+ * Picks the subprotocol from a `Sec-WebSocket-Protocol` request header:
+ * `chat.v1` when offered anywhere in the list, otherwise none (seed mode).
+ * Unlike the "first offered wins" default of several servers, this never
+ * selects a protocol the server does not speak.
+ */
+export function selectSubprotocol(header: string | null | undefined): typeof SUBPROTOCOL | null {
+  if (!header) return null;
+  return header.split(",").some((p) => p.trim() === SUBPROTOCOL) ? SUBPROTOCOL : null;
+}

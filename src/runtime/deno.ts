@@ -1,0 +1,4 @@
+/** Deno entry: not yet (issue 3). */
+export async function main(): Promise<void> {
+  throw new Error("Deno support lands with issue 3");
+}

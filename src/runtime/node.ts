@@ -1,0 +1,179 @@
+/**
+ * Node entry: @hono/node-server v2 with its built-in WebSocket support over
+ * a `ws` server we configure ourselves (frame limit, subprotocol rule,
+ * compression), better-sqlite3 for history, and the heartbeat.
+ */
+import { mkdirSync, readFileSync } from "node:fs";
+import { type IncomingMessage, type Server, STATUS_CODES } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import type { Duplex } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { serve, upgradeWebSocket } from "@hono/node-server";
+import { serveStatic } from "@hono/node-server/serve-static";
+import Database from "better-sqlite3";
+import type { WSContext } from "hono/ws";
+import { type WebSocket, WebSocketServer } from "ws";
+import { type Config, ConfigError, loadConfig } from "../config.ts";
+import type { ChatSocket } from "../hub/hub.ts";
+import { createLogger } from "../observability/pino.ts";
+import { PrometheusMetrics } from "../observability/prometheus.ts";
+import { selectSubprotocol } from "../protocol.ts";
+import { buildServer } from "../server.ts";
+
+const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
+
+/** The `ws` server, configured for the contract rather than ws's defaults. */
+export function createWsServer(config: Config): WebSocketServer {
+  return new WebSocketServer({
+    noServer: true,
+    // ws closes with 1009 past this, before buffering the frame.
+    maxPayload: config.maxFrameBytes,
+    perMessageDeflate: config.wsCompression,
+    // ws would select the first offered protocol; the contract selects
+    // chat.v1 only, and otherwise none (seed mode).
+    handleProtocols: (offered) => selectSubprotocol([...offered].join(",")) ?? false,
+    clientTracking: true,
+  });
+}
+
+/** Our socket on `ws` directly: Hono's WSContext adds nothing on the send path. */
+function toSocket(ws: WSContext, id: string): ChatSocket {
+  const raw = ws.raw as WebSocket;
+  return {
+    id,
+    send: (text) => raw.send(text),
+    close: (code, reason) => raw.close(code, reason),
+    bufferedAmount: () => raw.bufferedAmount,
+  };
+}
+
+/**
+ * Server pings every `intervalMs`; a connection that answered none of the
+ * last two is terminated (browsers answer pings by themselves).
+ */
+function startHeartbeat(wss: WebSocketServer, intervalMs: number): () => void {
+  if (intervalMs <= 0) return () => {};
+  const lastPong = new WeakMap<WebSocket, number>();
+  wss.on("connection", (ws) => {
+    lastPong.set(ws, Date.now());
+    ws.on("pong", () => lastPong.set(ws, Date.now()));
+  });
+  const timer = setInterval(() => {
+    const now = Date.now();
+    for (const ws of wss.clients) {
+      if (now - (lastPong.get(ws) ?? now) > 2 * intervalMs) ws.terminate();
+      else ws.ping();
+    }
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/**
+ * @hono/node-server answers a refused upgrade with the status alone
+ * (Content-Length: 0), but the contract wants the JSON error body too. We
+ * write the whole response to the socket ourselves and destroy it; the adapter
+ * then sees a destroyed socket and writes nothing more.
+ */
+function withUpgradeErrors(fetch: (req: Request, env: unknown) => Response | Promise<Response>) {
+  return async (req: Request, env: { incoming?: IncomingMessage }): Promise<Response> => {
+    const res = await fetch(req, env);
+    const socket = env.incoming?.socket as Duplex | undefined;
+    const isUpgrade = req.headers.get("upgrade")?.toLowerCase() === "websocket";
+    if (!isUpgrade || !socket || res.status < 400 || socket.destroyed) return res;
+    const body = Buffer.from(await res.arrayBuffer());
+    const head = [
+      `HTTP/1.1 ${res.status} ${STATUS_CODES[res.status] ?? "Error"}`,
+      "Connection: close",
+      `Content-Length: ${body.length}`,
+    ];
+    res.headers.forEach((value, key) => {
+      if (key !== "content-length" && key !== "connection") head.push(`${key}: ${value}`);
+    });
+    await new Promise<void>((resolve) => {
+      socket.write(Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`), body]), () => resolve());
+      socket.once("error", () => resolve());
+    });
+    socket.destroy();
+    return res;
+  };
+}
+
+export async function main(env: Record<string, string | undefined> = process.env): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      console.error(error.message);
+      process.exit(1);
+    }
+    throw error;
+  }
+  const logger = createLogger(config);
+  const chat = await buildServer({
+    config,
+    logger,
+    metrics: new PrometheusMetrics(),
+    runtime: `node ${process.version}`,
+    upgradeWebSocket,
+    toSocket,
+    serveStatic: serveStatic({ root: STATIC_ROOT }),
+    openSqlite: (path) => new Database(path),
+    ensureDir: (path) => mkdirSync(path, { recursive: true }),
+  });
+
+  const wss = createWsServer(config);
+  const tls = config.tls;
+  const server = serve(
+    {
+      fetch: withUpgradeErrors(chat.app.fetch) as typeof chat.app.fetch,
+      port: config.port,
+      hostname: config.host,
+      websocket: { server: wss },
+      ...(tls
+        ? {
+            createServer: createHttpsServer,
+            serverOptions: { cert: readFileSync(tls.cert), key: readFileSync(tls.key) },
+          }
+        : {}),
+    },
+    (info) => {
+      const scheme = tls ? "https" : "http";
+      logger.info({ url: `${scheme}://${config.host}:${info.port}`, port: info.port }, "listening");
+    },
+  ) as Server;
+  server.on("error", (error) => {
+    logger.error({ err: String(error) }, "server error");
+    process.exit(1);
+  });
+  const stopHeartbeat = startHeartbeat(wss, config.heartbeatMs);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, connections: chat.sessions.size }, "shutting down");
+    // Whatever happens below, exit within the contract's 5 s.
+    setTimeout(() => {
+      logger.warn({}, "shutdown timed out; exiting");
+      process.exit(0);
+    }, config.shutdownTimeoutMs).unref();
+    stopHeartbeat();
+    server.close(); // no new connections; open ones are closed below
+    try {
+      await chat.shutdown();
+    } catch (error) {
+      logger.error({ err: String(error) }, "shutdown failed");
+    }
+    // Give the 1001 close frames a moment to reach the clients.
+    const deadline = Date.now() + 1000;
+    while (wss.clients.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const ws of wss.clients) ws.terminate();
+    server.closeAllConnections?.();
+    logger.info({}, "stopped");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}

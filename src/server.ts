@@ -1,0 +1,59 @@
+import { type AppDeps, type Chat, createChat } from "./app.ts";
+import type { Config } from "./config.ts";
+import type { Hub } from "./hub/hub.ts";
+import { MemoryHub } from "./hub/memory.ts";
+import type { Logger } from "./observability/logger.ts";
+import type { Metrics } from "./observability/metrics.ts";
+import { MemoryStore } from "./store/memory.ts";
+import type { SqliteDatabase } from "./store/sqlite.ts";
+import { SqliteStore } from "./store/sqlite.ts";
+import type { HistoryStore } from "./store/store.ts";
+
+/** What a runtime entry (Node, Bun, Deno) brings; the rest is chosen from the config. */
+export interface ServerParts extends Pick<AppDeps, "upgradeWebSocket" | "toSocket" | "serveStatic" | "runtime"> {
+  config: Config;
+  logger: Logger;
+  metrics: Metrics;
+  /** Opens the SQLite file with the runtime's own driver. */
+  openSqlite: (path: string) => SqliteDatabase;
+  /** Creates the folder that holds the SQLite file. */
+  ensureDir: (path: string) => void;
+}
+
+function dirOf(path: string): string {
+  const i = Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\"));
+  return i > 0 ? path.slice(0, i) : ".";
+}
+
+/** Picks the store and hub the config names and builds the chat. */
+export async function buildServer(parts: ServerParts): Promise<Chat & { hub: Hub; store: HistoryStore }> {
+  const { config, logger } = parts;
+  let store: HistoryStore;
+  let hub: Hub;
+  if (config.hub === "redis") {
+    // Loaded only when asked for, so the default start needs no Redis client.
+    const { createRedisParts } = await import("./hub/redis.ts");
+    ({ store, hub } = await createRedisParts(config, logger, config.history === "redis" ? null : await localStore()));
+  } else {
+    store = await localStore();
+    hub = new MemoryHub(store, logger);
+  }
+
+  async function localStore(): Promise<HistoryStore> {
+    if (config.history === "memory") return new MemoryStore(config.historyLimit);
+    if (config.historyPath !== ":memory:") parts.ensureDir(dirOf(config.historyPath));
+    return new SqliteStore(parts.openSqlite(config.historyPath), config.historyLimit);
+  }
+
+  const chat = createChat({ ...parts, hub, store });
+  logger.info(
+    {
+      runtime: parts.runtime,
+      hub: config.hub,
+      history: config.history,
+      path: config.history === "sqlite" ? config.historyPath : undefined,
+    },
+    "chat ready",
+  );
+  return { ...chat, hub, store };
+}
