@@ -1,0 +1,185 @@
+/**
+ * Runtime-agnostic handles on a real chat server process, for the black-box
+ * suite: each runtime (Node, Bun, Deno, workerd) provides a {@link ServerTarget}
+ * and test/integration/server.suite.ts runs the same cases against it.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { track, trackForFile } from "./cleanup.ts";
+
+/** How long a server may take to log "listening". */
+export const START_TIMEOUT_MS = 20_000;
+
+/** A way to start the chat server on one runtime. */
+export interface ServerTarget {
+  name: string;
+  /**
+   * Starts a server on a free port. `env` is added to the defaults
+   * (PORT=0, HOST=127.0.0.1, LOG_FORMAT=json); `historyPath` reuses a SQLite
+   * file (restart tests), otherwise each start gets a fresh temp file.
+   */
+  start(env?: Record<string, string>, opts?: { historyPath?: string }): Promise<RunningServer>;
+}
+
+/** A started server process. */
+export interface RunningServer {
+  /** http://127.0.0.1:PORT */
+  url: string;
+  /** ws://127.0.0.1:PORT/websocket */
+  wsUrl: string;
+  pid: number;
+  /** The environment the server was started with (what the test chose plus defaults). */
+  env: Record<string, string>;
+  /** Sends `signal` (SIGTERM by default) and resolves when the process has exited. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: string | null; ms: number }>;
+  /** SIGKILL, then wait for the exit. */
+  kill(): Promise<void>;
+  /** Everything the process wrote to stdout and stderr so far. */
+  output(): string;
+}
+
+/** Config variables a developer's shell might set that would change what a test sees. */
+const SCRUBBED = [
+  "PORT",
+  "HOST",
+  "HUB",
+  "HISTORY",
+  "HISTORY_PATH",
+  "AUTH_SECRET",
+  "ALLOWED_ORIGINS",
+  "TLS_CERT",
+  "TLS_KEY",
+  "RATE_LIMIT",
+  "HEARTBEAT_MS",
+  "WS_COMPRESSION",
+  "LOG_LEVEL",
+  "NODE_OPTIONS",
+];
+
+/** A fresh SQLite path in a temp folder that is removed when the test file ends. */
+export function tempHistoryPath(): string {
+  const dir = mkdtempSync(join(tmpdir(), "chat-test-"));
+  trackForFile(() => rmSync(dir, { recursive: true, force: true }));
+  return join(dir, "chat.db");
+}
+
+const MAX_OUTPUT = 4 * 1024 * 1024;
+
+/**
+ * A target that spawns `command` (from `cwd`, default the repo root) and waits
+ * for its JSON log line `{"msg":"listening","port":N}`, which every runtime
+ * entry writes. Rejects with the captured output if the process exits first
+ * or does not listen within {@link START_TIMEOUT_MS}.
+ */
+export function spawnTarget(
+  name: string,
+  command: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): ServerTarget {
+  const cwd = options.cwd ?? resolve(import.meta.dirname, "../..");
+  return {
+    name,
+    async start(extra = {}, opts = {}) {
+      const env: Record<string, string> = {};
+      for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !SCRUBBED.includes(k)) env[k] = v;
+      const chosen: Record<string, string> = {
+        PORT: "0",
+        HOST: "127.0.0.1",
+        LOG_FORMAT: "json",
+        LOG_LEVEL: "info",
+        HISTORY_PATH: opts.historyPath ?? tempHistoryPath(),
+        ...options.env,
+        ...extra,
+      };
+      Object.assign(env, chosen);
+      const [bin, ...args] = command;
+      if (!bin) throw new Error(`target ${name} has an empty command`);
+      const child = spawn(bin, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+      const running = await waitListening(name, child, chosen);
+      track(() => running.kill());
+      return running;
+    },
+  };
+}
+
+function waitListening(name: string, child: ChildProcess, env: Record<string, string>): Promise<RunningServer> {
+  let out = "";
+  let lineBuf = "";
+  let exit: { code: number | null; signal: string | null } | null = null;
+  const exited = new Promise<{ code: number | null; signal: string | null }>((res) => {
+    child.once("exit", (code, signal) => {
+      exit = { code, signal };
+      res(exit);
+    });
+  });
+  const append = (chunk: Buffer) => {
+    out += chunk.toString();
+    if (out.length > MAX_OUTPUT) out = out.slice(-MAX_OUTPUT / 2);
+  };
+  child.stderr?.on("data", append);
+
+  const handle = (port: number): RunningServer => ({
+    url: `http://127.0.0.1:${port}`,
+    wsUrl: `ws://127.0.0.1:${port}/websocket`,
+    pid: child.pid ?? -1,
+    env,
+    async stop(signal: NodeJS.Signals = "SIGTERM") {
+      const t0 = Date.now();
+      if (exit) return { ...exit, ms: 0 };
+      child.kill(signal);
+      // Bounded: a server that ignores the signal is killed after 10 s.
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      const result = await exited;
+      clearTimeout(timer);
+      return { ...result, ms: Date.now() - t0 };
+    },
+    async kill() {
+      if (exit) return;
+      child.kill("SIGKILL");
+      await exited;
+    },
+    output: () => out,
+  });
+
+  return new Promise((resolvePromise, reject) => {
+    let settled = false;
+    const fail = (why: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (!exit) child.kill("SIGKILL");
+      reject(new Error(`${name} server ${why}; output:\n${out.slice(-8000)}`));
+    };
+    const timer = setTimeout(() => fail(`did not log "listening" within ${START_TIMEOUT_MS} ms`), START_TIMEOUT_MS);
+    child.stdout?.on("data", (chunk: Buffer) => {
+      append(chunk);
+      if (settled) return;
+      lineBuf += chunk.toString();
+      let nl = lineBuf.indexOf("\n");
+      while (nl >= 0) {
+        const line = lineBuf.slice(0, nl).trim();
+        lineBuf = lineBuf.slice(nl + 1);
+        nl = lineBuf.indexOf("\n");
+        if (!line.startsWith("{")) continue;
+        try {
+          const rec = JSON.parse(line) as { msg?: unknown; port?: unknown };
+          if (rec.msg === "listening" && typeof rec.port === "number") {
+            settled = true;
+            clearTimeout(timer);
+            resolvePromise(handle(rec.port));
+            return;
+          }
+        } catch {
+          // a partial or non-JSON line: keep reading
+        }
+      }
+    });
+    child.once("error", (e) => fail(`could not start (${e.message})`));
+    void exited.then((e) => fail(`exited early (code ${e.code}, signal ${e.signal})`));
+  });
+}
+
+/** The Node entry, as `npm start` runs it but without npm in between (so signals reach it). */
+export const nodeTarget: ServerTarget = spawnTarget("node", ["node", "--import", "tsx", "src/index.ts"]);
