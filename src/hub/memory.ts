@@ -170,7 +170,13 @@ export class MemoryHub implements Hub {
       message: draft.message,
       ts,
     };
-    const written = this.store.append(message);
+    let written: void | Promise<void>;
+    try {
+      written = this.store.append(message);
+    } catch (error) {
+      // Sessions chain on the promise; a store that throws must not throw through them.
+      return Promise.reject(error);
+    }
     const fanout = () => room.deliverMessage(message, serialize(message), from, draft.cid);
     if (!written) {
       fanout();

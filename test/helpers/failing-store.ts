@@ -1,0 +1,46 @@
+/**
+ * Wraps a real {@link HistoryStore} so a test can make it fail on demand, the
+ * way a full disk or an unreachable Redis would.
+ */
+import type { ChatMessage } from "../../src/protocol.ts";
+import type { HistoryStore, ResumeResult } from "../../src/store/store.ts";
+
+/** How appends fail: `reject` returns a rejected promise, `throw` throws synchronously. */
+export type FailMode = "none" | "reject" | "throw";
+
+export class FailingStore implements HistoryStore {
+  /** How `append` fails; reads fail too unless `reads` is false. */
+  failAppends: FailMode = "none";
+  failReads = false;
+
+  constructor(readonly inner: HistoryStore) {}
+
+  append(message: ChatMessage): void | Promise<void> {
+    if (this.failAppends === "throw") throw new Error("store unavailable (test)");
+    if (this.failAppends === "reject") return Promise.reject(new Error("store unavailable (test)"));
+    return this.inner.append(message);
+  }
+
+  #read<T>(fn: () => Promise<T>): Promise<T> {
+    return this.failReads ? Promise.reject(new Error("store unavailable (test)")) : fn();
+  }
+
+  latest(room: string, limit: number): Promise<ChatMessage[]> {
+    return this.#read(() => this.inner.latest(room, limit));
+  }
+  before(room: string, before: string, limit: number): Promise<ChatMessage[]> {
+    return this.#read(() => this.inner.before(room, before, limit));
+  }
+  since(room: string, since: string, limit: number): Promise<ResumeResult> {
+    return this.#read(() => this.inner.since(room, since, limit));
+  }
+  lastId(room: string): Promise<string | null> {
+    return this.#read(() => this.inner.lastId(room));
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
