@@ -1,0 +1,465 @@
+/**
+ * The load generator: opens C WebSocket connections to one room, lets S of
+ * them send (at R msg/s each, or as fast as a window of unacknowledged
+ * messages allows), and measures what every connection receives.
+ *
+ * Runs under Node (with `ws`) and under Bun (its global WebSocket, which is
+ * much cheaper per frame: under Node the generator saturates before Bun's
+ * server does). One process, one event loop: every timestamp comes from the
+ * same clock, so latency is receive time minus the send time in the payload.
+ *
+ * Usage: `node --import tsx bench/loadgen.ts '<json LoadSpec>'` or
+ * `bun bench/loadgen.ts '<json>'`; prints one JSON {@link LoadResult} line.
+ *
+ * Every message's text is `~sender~seq~sentAtMicros~`; the servers under test
+ * broadcast either the client's frame as is (baselines) or a JSON object with
+ * the same `message` field (ours, seed mode), so one parser reads both.
+ */
+import { readFileSync } from "node:fs";
+
+/** What to run. Every phase is bounded in time. */
+export interface LoadSpec {
+  /** ws://127.0.0.1:PORT/path?query */
+  url: string;
+  /** `fanout`/`saturation` send and measure deliveries; `idle` only connects and holds. */
+  scenario: "fanout" | "saturation" | "idle";
+  /** Connections to open. */
+  clients: number;
+  /** The first `senders` connections also send. @default 0 */
+  senders?: number;
+  /** Messages per second per sender; 0 = saturation (window-limited). @default 0 */
+  rate?: number;
+  /** Saturation: most messages a sender has sent and not yet received back. @default 16 */
+  window?: number;
+  /** How long senders send. @default 5000 */
+  durationMs?: number;
+  /** Longest wait, after sending stops, for every delivery to arrive. @default 5000 */
+  drainMs?: number;
+  /** Connection attempts in flight at once. @default 100 */
+  connectConcurrency?: number;
+  /** Longest the whole connect phase may take. @default 60000 */
+  connectTimeoutMs?: number;
+  /** Idle: how long connections are held before RSS is read. @default 2000 */
+  holdMs?: number;
+  /** The server's pid, to read its RSS from /proc (Linux). */
+  serverPid?: number;
+  /** Extra characters in each message, to model longer chat lines. @default 0 */
+  padding?: number;
+}
+
+/** Latency percentiles in milliseconds. */
+export interface Latency {
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+
+/** What one run measured. */
+export interface LoadResult {
+  scenario: LoadSpec["scenario"];
+  runtime: string;
+  clients: number;
+  connected: number;
+  connectErrors: number;
+  /** Wall time to open every connection. */
+  connectMs: number;
+  /** Per-connection handshake time. */
+  connectLatency: Latency;
+  senders: number;
+  sent: number;
+  /** sent x clients: what zero loss means. */
+  expected: number;
+  /** Unique messages received, all connections together. */
+  delivered: number;
+  /** Deliveries per second over the sending phase (deliveries that arrived in it). */
+  deliveriesPerSec: number;
+  /** Messages sent per second over the sending phase. */
+  messagesPerSec: number;
+  lost: number;
+  duplicates: number;
+  /** Messages received after a later one of the same sender. */
+  reordered: number;
+  /** Connections the server closed during the run. */
+  closedEarly: number;
+  latency: Latency;
+  /** Server RSS before connecting and at the end of the connect/hold phase, in KiB. */
+  rssBeforeKiB: number | null;
+  rssAfterKiB: number | null;
+  rssPerConnKiB: number | null;
+  /** Frames received that carried no bench payload (welcome, presence, errors). */
+  otherFrames: number;
+  /** Why the run is not trustworthy, if it is not. */
+  errors: string[];
+}
+
+declare const Bun: { version: string } | undefined;
+const isBun = typeof Bun !== "undefined";
+const runtime = isBun ? `bun ${Bun?.version}` : `node ${process.version}`;
+
+/** A log-bucketed latency histogram: 1% relative precision, microseconds. */
+class Histogram {
+  readonly #counts = new Float64Array(2400);
+  #max = 0;
+  #n = 0;
+
+  record(micros: number): void {
+    const v = Math.max(micros, 1);
+    if (v > this.#max) this.#max = v;
+    const i = Math.min(this.#counts.length - 1, Math.floor(Math.log(v) * 100));
+    this.#counts[i] = (this.#counts[i] ?? 0) + 1;
+    this.#n++;
+  }
+
+  #quantile(q: number): number {
+    if (this.#n === 0) return 0;
+    const target = Math.ceil(q * this.#n);
+    let seen = 0;
+    for (let i = 0; i < this.#counts.length; i++) {
+      seen += this.#counts[i] ?? 0;
+      if (seen >= target) return Math.min(this.#max, Math.exp((i + 1) / 100));
+    }
+    return this.#max;
+  }
+
+  /** Percentiles in milliseconds. */
+  summary(): Latency {
+    const ms = (us: number) => Math.round(us) / 1000;
+    return {
+      p50: ms(this.#quantile(0.5)),
+      p90: ms(this.#quantile(0.9)),
+      p99: ms(this.#quantile(0.99)),
+      max: ms(this.#max),
+    };
+  }
+}
+
+/** Per receiver and sender: the highest seq seen and the seqs skipped over. */
+interface Track {
+  max: number;
+  /** Seqs jumped over; a later arrival of one is a reorder, not a duplicate. */
+  missing: Set<number> | null;
+}
+
+/** One connection's bookkeeping. */
+interface Conn {
+  index: number;
+  tracks: Track[];
+  /** For senders: messages sent and messages of its own received back. */
+  sent: number;
+  acked: number;
+  open: boolean;
+  send: (text: string) => void;
+  close: () => void;
+}
+
+const MARK = '"message":"~';
+const MARK_BYTES = Buffer.from(MARK);
+
+/** Reads the unsigned integer at `i` of a byte buffer; returns [value, index after]. */
+function readIntBytes(b: Uint8Array, i: number): [number, number] {
+  let v = 0;
+  let c = b[i] ?? 0;
+  while (c >= 48 && c <= 57) {
+    v = v * 10 + (c - 48);
+    c = b[++i] ?? 0;
+  }
+  return [v, i];
+}
+
+function readIntString(s: string, i: number): [number, number] {
+  let v = 0;
+  let c = s.charCodeAt(i);
+  while (c >= 48 && c <= 57) {
+    v = v * 10 + (c - 48);
+    c = s.charCodeAt(++i);
+  }
+  return [v, i];
+}
+
+function rssKiB(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const m = /VmRSS:\s+(\d+) kB/.exec(status);
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Runs one load spec to completion (or its time bounds) and returns what it measured. */
+export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
+  const clients = spec.clients;
+  const senders = Math.min(spec.senders ?? 0, clients);
+  const rate = spec.rate ?? 0;
+  const window = spec.window ?? 16;
+  const durationMs = spec.durationMs ?? 5000;
+  const drainMs = spec.drainMs ?? 5000;
+  const concurrency = spec.connectConcurrency ?? 100;
+  const connectTimeoutMs = spec.connectTimeoutMs ?? 60_000;
+  const padding = "x".repeat(spec.padding ?? 0);
+  const errors: string[] = [];
+
+  const latency = new Histogram();
+  const connectLatency = new Histogram();
+  let delivered = 0;
+  let deliveredInWindow = 0;
+  let duplicates = 0;
+  let reordered = 0;
+  let otherFrames = 0;
+  let closedEarly = 0;
+  let measuring = false;
+  let stopping = false;
+  const t0 = performance.now();
+  const nowMicros = () => Math.round((performance.now() - t0) * 1000);
+  const conns: Conn[] = [];
+  const senderConns: Conn[] = [];
+
+  /** Called for every payload a connection receives. */
+  const onPayload = (conn: Conn, sender: number, seq: number, sentAt: number) => {
+    const tracks = conn.tracks;
+    let track = tracks[sender];
+    if (!track) {
+      track = { max: -1, missing: null };
+      tracks[sender] = track;
+    }
+    if (seq === track.max + 1) {
+      track.max = seq;
+    } else if (seq > track.max) {
+      track.missing ??= new Set();
+      for (let s = track.max + 1; s < seq; s++) track.missing.add(s);
+      track.max = seq;
+    } else if (track.missing?.delete(seq)) {
+      reordered++;
+    } else {
+      duplicates++;
+      return;
+    }
+    delivered++;
+    if (measuring) deliveredInWindow++;
+    latency.record(nowMicros() - sentAt);
+    if (sender === conn.index) {
+      conn.acked++;
+      if (rate === 0 && !stopping) pump(conn);
+    }
+  };
+
+  const onBytes = (conn: Conn, b: Uint8Array) => {
+    const at = (b as Buffer).indexOf(MARK_BYTES);
+    if (at < 0) {
+      otherFrames++;
+      return;
+    }
+    const [sender, i1] = readIntBytes(b, at + MARK_BYTES.length);
+    const [seq, i2] = readIntBytes(b, i1 + 1);
+    const [sentAt] = readIntBytes(b, i2 + 1);
+    onPayload(conn, sender, seq, sentAt);
+  };
+
+  const onText = (conn: Conn, s: string) => {
+    const at = s.indexOf(MARK);
+    if (at < 0) {
+      otherFrames++;
+      return;
+    }
+    const [sender, i1] = readIntString(s, at + MARK.length);
+    const [seq, i2] = readIntString(s, i1 + 1);
+    const [sentAt] = readIntString(s, i2 + 1);
+    onPayload(conn, sender, seq, sentAt);
+  };
+
+  const sendOne = (conn: Conn) => {
+    const text = `{"user":"s${conn.index}","message":"~${conn.index}~${conn.sent}~${nowMicros()}~${padding}"}`;
+    conn.sent++;
+    conn.send(text);
+  };
+
+  /** Saturation: keep `window` messages of this sender in flight. */
+  const pump = (conn: Conn) => {
+    while (conn.open && conn.sent - conn.acked < window) sendOne(conn);
+  };
+
+  const WS = isBun ? null : (await import("ws")).WebSocket;
+
+  const open = (index: number): Promise<Conn> =>
+    new Promise((resolve, reject) => {
+      const started = performance.now();
+      const conn: Conn = {
+        index,
+        tracks: [],
+        sent: 0,
+        acked: 0,
+        open: false,
+        send: () => {},
+        close: () => {},
+      };
+      const opened = () => {
+        conn.open = true;
+        connectLatency.record((performance.now() - started) * 1000);
+        resolve(conn);
+      };
+      const closed = () => {
+        if (conn.open && !stopping) closedEarly++;
+        conn.open = false;
+      };
+      if (WS) {
+        const ws = new WS(spec.url, { perMessageDeflate: false });
+        conn.send = (t) => ws.send(t);
+        conn.close = () => ws.terminate();
+        ws.on("open", opened);
+        ws.on("message", (data: Buffer) => onBytes(conn, data));
+        ws.on("close", closed);
+        ws.on("error", (e: Error) => {
+          if (!conn.open) reject(e);
+        });
+      } else {
+        const ws = new WebSocket(spec.url);
+        ws.binaryType = "arraybuffer";
+        conn.send = (t) => ws.send(t);
+        conn.close = () => ws.close();
+        ws.onopen = opened;
+        ws.onmessage = (e: MessageEvent) =>
+          typeof e.data === "string" ? onText(conn, e.data) : onBytes(conn, Buffer.from(e.data as ArrayBuffer));
+        ws.onclose = closed;
+        ws.onerror = () => {
+          if (!conn.open) reject(new Error("connect failed"));
+        };
+      }
+    });
+
+  // --- connect, `concurrency` attempts at a time, within connectTimeoutMs ---
+  const rssBeforeKiB = rssKiB(spec.serverPid);
+  let connectErrors = 0;
+  let next = 0;
+  const connectStart = performance.now();
+  const deadline = connectStart + connectTimeoutMs;
+  const worker = async () => {
+    while (next < clients && performance.now() < deadline) {
+      const index = next++;
+      try {
+        conns[index] = await Promise.race([
+          open(index),
+          sleep(Math.max(0, deadline - performance.now())).then(() => {
+            throw new Error("connect timed out");
+          }),
+        ]);
+      } catch {
+        connectErrors++;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, clients) }, worker));
+  const connectMs = performance.now() - connectStart;
+  const live = conns.filter((c): c is Conn => c !== undefined);
+  if (live.length < clients) errors.push(`only ${live.length} of ${clients} connections opened`);
+  for (const c of live) if (c.index < senders) senderConns.push(c);
+
+  let sent = 0;
+  let sendMs = 0;
+  if (spec.scenario === "idle") {
+    await sleep(spec.holdMs ?? 2000);
+  } else if (senderConns.length > 0) {
+    // Barrier: the servers register a connection asynchronously after the
+    // handshake, so measure only once a message reaches everyone.
+    const first = senderConns[0]!;
+    sendOne(first);
+    const barrierEnd = performance.now() + 10_000;
+    while (performance.now() < barrierEnd && live.some((c) => (c.tracks[first.index]?.max ?? -1) < 0)) await sleep(10);
+    if (live.some((c) => (c.tracks[first.index]?.max ?? -1) < 0)) errors.push("barrier message did not reach everyone");
+    // The barrier message counts like any other.
+    measuring = true;
+    const sendStart = performance.now();
+    const timers: ReturnType<typeof setInterval>[] = [];
+    if (rate > 0) {
+      const every = 1000 / rate;
+      senderConns.forEach((c, k) => {
+        // Staggered, so the senders do not all fire in the same tick.
+        const start = setTimeout(
+          () => {
+            sendOne(c);
+            timers.push(setInterval(() => sendOne(c), every));
+          },
+          (every * k) / senderConns.length,
+        );
+        timers.push(start as unknown as ReturnType<typeof setInterval>);
+      });
+    } else {
+      for (const c of senderConns) pump(c);
+    }
+    await sleep(durationMs);
+    stopping = true;
+    for (const t of timers) clearInterval(t);
+    sendMs = performance.now() - sendStart;
+    measuring = false;
+    for (const c of senderConns) sent += c.sent;
+    const expectedAll = sent * live.length;
+    const drainEnd = performance.now() + drainMs;
+    while (performance.now() < drainEnd && delivered < expectedAll) await sleep(10);
+  }
+  const rssAfterKiB = rssKiB(spec.serverPid);
+
+  stopping = true;
+  for (const c of live) c.close();
+
+  const expected = sent * live.length;
+  let missing = 0;
+  for (const c of live) {
+    for (const s of senderConns) {
+      const t = c.tracks[s.index];
+      missing += (t?.missing?.size ?? 0) + (s.sent - 1 - (t?.max ?? -1));
+    }
+  }
+  const seconds = sendMs / 1000;
+  return {
+    scenario: spec.scenario,
+    runtime,
+    clients,
+    connected: live.length,
+    connectErrors,
+    connectMs: Math.round(connectMs),
+    connectLatency: connectLatency.summary(),
+    senders: senderConns.length,
+    sent,
+    expected,
+    delivered,
+    deliveriesPerSec: seconds > 0 ? Math.round(deliveredInWindow / seconds) : 0,
+    messagesPerSec: seconds > 0 ? Math.round(sent / seconds) : 0,
+    lost: missing,
+    duplicates,
+    reordered,
+    closedEarly,
+    latency: latency.summary(),
+    rssBeforeKiB,
+    rssAfterKiB,
+    rssPerConnKiB:
+      rssBeforeKiB !== null && rssAfterKiB !== null && live.length > 0
+        ? Math.round(((rssAfterKiB - rssBeforeKiB) / live.length) * 100) / 100
+        : null,
+    otherFrames,
+    errors,
+  };
+}
+
+const isMain = process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].replace(/^.*[\\/]/, ""));
+if (isMain) {
+  const arg = process.argv[2];
+  if (!arg) {
+    console.error("usage: loadgen.ts '<json LoadSpec>'");
+    process.exit(2);
+  }
+  const spec = JSON.parse(arg) as LoadSpec;
+  // Hard bound on the whole run, whatever happens inside.
+  const bound =
+    (spec.connectTimeoutMs ?? 60_000) + (spec.durationMs ?? 5000) + (spec.drainMs ?? 5000) + (spec.holdMs ?? 2000);
+  setTimeout(() => {
+    console.error("loadgen: hard time bound reached");
+    process.exit(3);
+  }, bound + 20_000).unref();
+  const result = await runLoad(spec);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  // Sockets are terminated; exit without waiting for their close handshakes.
+  process.exit(0);
+}
