@@ -187,7 +187,10 @@ export function parseMessageId(id: string): { ms: number; seq: number } | null {
 const messageSchema = z.object({
   message: z.string({ error: "message must be a string" }),
   user: z.unknown().optional(),
-  cid: z.string({ error: "cid must be a string" }).max(MAX_CID_LENGTH).optional(),
+  cid: z
+    .string({ error: "cid must be a string" })
+    .max(MAX_CID_LENGTH, `cid must be at most ${MAX_CID_LENGTH} characters`)
+    .optional(),
 });
 
 const historySchema = z.object({
