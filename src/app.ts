@@ -122,6 +122,25 @@ function connectionParams(c: Context): Problem | (Omit<SessionInit, "name" | "mo
 const isProblem = (v: object): v is Problem => "status" in v;
 
 /**
+ * The security headers (CSP and the rest) on every response. Exported for the
+ * Worker, whose page comes from the platform's asset store, not from this app.
+ */
+export function securityHeaders(): MiddlewareHandler {
+  return secureHeaders({
+    contentSecurityPolicy: {
+      defaultSrc: ["'self'"],
+      scriptSrc: ["'self'"],
+      styleSrc: ["'self'"],
+      imgSrc: ["'self'", "data:"],
+      connectSrc: ["'self'", "ws:", "wss:"],
+      objectSrc: ["'none'"],
+      baseUri: ["'none'"],
+      frameAncestors: ["'none'"],
+    },
+  });
+}
+
+/**
  * Builds the chat: routes and middleware only; the work is in Session, the
  * hub and the store.
  */
@@ -132,21 +151,7 @@ export function createChat(deps: AppDeps): Chat {
   let draining = false;
   const app = new Hono();
 
-  app.use(
-    "*",
-    secureHeaders({
-      contentSecurityPolicy: {
-        defaultSrc: ["'self'"],
-        scriptSrc: ["'self'"],
-        styleSrc: ["'self'"],
-        imgSrc: ["'self'", "data:"],
-        connectSrc: ["'self'", "ws:", "wss:"],
-        objectSrc: ["'none'"],
-        baseUri: ["'none'"],
-        frameAncestors: ["'none'"],
-      },
-    }),
-  );
+  app.use("*", securityHeaders());
 
   app.get("/healthz", (c) => {
     const body = {

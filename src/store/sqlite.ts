@@ -17,6 +17,13 @@ export interface SqliteDatabase {
   exec(sql: string): unknown;
   prepare(sql: string): SqliteStatement;
   close(): unknown;
+  /**
+   * Runs `fn` in one transaction (rolled back when it throws). Only for
+   * drivers that refuse BEGIN/COMMIT statements, such as Durable Object
+   * storage; without it the store issues them itself. (Not `transaction`:
+   * better-sqlite3 and bun:sqlite have a method of that name that only wraps.)
+   */
+  transactionSync?(fn: () => void): void;
 }
 
 interface Row {
@@ -123,19 +130,26 @@ export class SqliteStore implements HistoryStore {
     const batch = this.#pending;
     if (!batch) return;
     this.#pending = null;
+    const write = () => {
+      const touched = new Map<string, number>();
+      for (const m of batch.messages) {
+        this.#insert.run(m.room, m.id, m.user, m.message, m.ts);
+        touched.set(m.room, (touched.get(m.room) ?? 0) + 1);
+      }
+      for (const [room, n] of touched) this.#maybePrune(room, n);
+    };
     try {
-      this.#db.exec("BEGIN");
-      try {
-        const touched = new Map<string, number>();
-        for (const m of batch.messages) {
-          this.#insert.run(m.room, m.id, m.user, m.message, m.ts);
-          touched.set(m.room, (touched.get(m.room) ?? 0) + 1);
+      if (this.#db.transactionSync) {
+        this.#db.transactionSync(write);
+      } else {
+        this.#db.exec("BEGIN");
+        try {
+          write();
+          this.#db.exec("COMMIT");
+        } catch (error) {
+          this.#db.exec("ROLLBACK");
+          throw error;
         }
-        for (const [room, n] of touched) this.#maybePrune(room, n);
-        this.#db.exec("COMMIT");
-      } catch (error) {
-        this.#db.exec("ROLLBACK");
-        throw error;
       }
       batch.resolve();
     } catch (error) {

@@ -1,0 +1,259 @@
+/**
+ * Cloudflare Workers entry: the Worker and the room's Durable Object.
+ *
+ * Isolates share no memory, so a room lives in one Durable Object
+ * ({@link ChatRoom}, named by the room): it runs the same app, Session and
+ * MemoryHub as Node, Bun and Deno (createChat), and keeps the room's history in
+ * its own SQLite storage through the same SqliteStore. The object is the one
+ * authority for the room's ids and order.
+ *
+ * The Worker in front answers what needs no room (/healthz, /metrics, the page
+ * from the static assets), refuses bad handshakes (upgrade, origin, room,
+ * JWT) before any object wakes, and forwards /websocket and
+ * /rooms/:room/messages to the room's object.
+ *
+ * What differs from the other runtimes, and why:
+ * - Heartbeat: a Worker cannot send WebSocket ping frames; the platform
+ *   answers the client's pings and drops dead peers itself. HEARTBEAT_MS is
+ *   ignored.
+ * - Slow consumers: Workers' WebSocket has no `bufferedAmount`; the runtime
+ *   queues outgoing frames itself, so the 1013 rule (MAX_BUFFERED_BYTES)
+ *   cannot be measured and does not apply.
+ * - /metrics answers 404 JSON (PROTOCOL.md requires it on Node, Bun, Deno).
+ * - Shutdown and draining are the platform's: /healthz is always "ok".
+ * - Frames: the platform accepts frames up to 32 MiB; the Session closes with
+ *   1009 past MAX_FRAME_BYTES itself (text and binary).
+ *
+ * Types come from workers-types' module form, so Workers' globals do not
+ * clash with the DOM and Node types the rest of the project checks against.
+ */
+import type {
+  WebSocket as CfWebSocket,
+  WebSocketPair as CfWebSocketPair,
+  DurableObjectNamespace,
+  DurableObjectState,
+  Fetcher,
+} from "@cloudflare/workers-types/index.ts";
+import { type Context, Hono } from "hono";
+import { defineWebSocketHelper, WSContext, type WSReadyState } from "hono/ws";
+import { authenticate, type Chat, createChat, originProblem, securityHeaders } from "./app.ts";
+import { type Config, loadConfig } from "./config.ts";
+import type { ChatSocket } from "./hub/hub.ts";
+import { MemoryHub } from "./hub/memory.ts";
+import { consoleLogger, type Logger } from "./observability/logger.ts";
+import { noopMetrics } from "./observability/metrics.ts";
+import { CloseCode, roomProblem, selectSubprotocol } from "./protocol.ts";
+import { durableSqlite } from "./store/durable.ts";
+import { SqliteStore } from "./store/sqlite.ts";
+
+/** The bindings and variables wrangler.jsonc declares (vars are config, as env vars elsewhere). */
+export interface Env {
+  /** One Durable Object per room ({@link ChatRoom}). */
+  ROOMS: DurableObjectNamespace;
+  /** The page: `static/` as Workers static assets. */
+  ASSETS: Fetcher;
+  [variable: string]: unknown;
+}
+
+/** What the Worker calls on a stub or the assets binding, in the DOM fetch types the app uses. */
+interface FetchTarget {
+  fetch(request: Request): Promise<Response>;
+}
+
+/** The string variables of the Worker's env: the same names and meaning as the env of the other runtimes. */
+function configVars(env: Env): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = {};
+  for (const [key, value] of Object.entries(env)) if (typeof value === "string") out[key] = value;
+  return out;
+}
+
+function loggerFor(config: Config): Logger {
+  const level = config.logLevel === "trace" ? "debug" : config.logLevel === "fatal" ? "error" : config.logLevel;
+  return consoleLogger(level);
+}
+
+function roomStub(env: Env, room: string): FetchTarget {
+  return env.ROOMS.get(env.ROOMS.idFromName(room)) as unknown as FetchTarget;
+}
+
+/** Forwards to the room's object, minus what the Worker has already checked. */
+function forward(env: Env, room: string, url: URL, request: Request): Promise<Response> {
+  const headers = new Headers(request.headers);
+  // Checked here; the object trusts the Worker, its only caller.
+  headers.delete("origin");
+  headers.delete("authorization");
+  headers.delete("cookie");
+  return roomStub(env, room).fetch(new Request(url, { method: request.method, headers }));
+}
+
+/** The Worker's routes. Built once per isolate from its env. */
+function createFront(env: Env): Hono {
+  const config = loadConfig(configVars(env));
+  const logger = loggerFor(config);
+  const app = new Hono();
+
+  // Before the security-headers middleware: a 101 answer from the object
+  // carries the socket and must reach the client unchanged.
+  app.get("/websocket", async (c) => {
+    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+      return c.json({ error: "this endpoint takes WebSocket upgrades only" }, 426);
+    }
+    const origin = originProblem(c, config.allowedOrigins);
+    if (origin) {
+      logger.warn({ origin: c.req.header("origin"), host: c.req.header("host") }, "refused a cross-origin upgrade");
+      return c.json({ error: origin.error }, origin.status);
+    }
+    const room = c.req.query("room") ?? "lobby";
+    const roomError = roomProblem(room);
+    if (roomError) return c.json({ error: roomError }, 400);
+    const auth = await authenticate(c, config.authSecret);
+    if ("status" in auth) return c.json({ error: auth.error }, auth.status);
+    const url = new URL(c.req.url);
+    url.searchParams.delete("token");
+    // The token's name wins over `?user=`; the object (no AUTH_SECRET) takes it from the query.
+    if (auth.name !== null) url.searchParams.set("user", auth.name);
+    return forward(env, room, url, c.req.raw);
+  });
+
+  app.use("*", securityHeaders());
+
+  app.get("/healthz", (c) =>
+    c.json({ status: "ok", runtime: "workerd", hub: "durable-object", history: "durable-object" }),
+  );
+
+  app.get("/metrics", (c) => c.json({ error: "metrics are not served on Workers" }, 404));
+
+  app.get("/rooms/:room/messages", async (c) => {
+    const room = c.req.param("room");
+    const roomError = roomProblem(room);
+    if (roomError) return c.json({ error: roomError }, 400);
+    const auth = await authenticate(c, config.authSecret);
+    if ("status" in auth) return c.json({ error: auth.error }, auth.status);
+    return copy(await forward(env, room, new URL(c.req.url), c.req.raw));
+  });
+
+  app.get("*", async (c) => {
+    const res = await (env.ASSETS as unknown as FetchTarget).fetch(c.req.raw);
+    if (res.status === 404) return c.json({ error: "not found" }, 404);
+    return copy(res);
+  });
+
+  app.notFound((c) => c.json({ error: "not found" }, 404));
+  app.onError((error, c) => {
+    logger.error({ err: String(error), path: c.req.path }, "request failed");
+    return c.json({ error: "internal error" }, 500);
+  });
+  return app;
+}
+
+/** Fetched responses have immutable headers; the middleware adds its own. */
+const copy = (res: Response): Response => new Response(res.body, res);
+
+/**
+ * Our own upgrade inside the object. Hono's cloudflare-workers helper never
+ * calls `onOpen` (so the welcome would wait for a client frame) and does not
+ * answer `Sec-WebSocket-Protocol`; here the session opens at the upgrade and
+ * the handshake selects `chat.v1` when offered.
+ */
+const upgradeInObject = defineWebSocketHelper((c: Context, events) => {
+  const { WebSocketPair } = globalThis as unknown as { WebSocketPair: typeof CfWebSocketPair };
+  const pair = new WebSocketPair();
+  const client = pair[0];
+  const server = pair[1];
+  server.accept();
+  const protocol = selectSubprotocol(c.req.header("sec-websocket-protocol"));
+  const ws = new WSContext<CfWebSocket>({
+    raw: server,
+    protocol,
+    url: null,
+    get readyState() {
+      return server.readyState as WSReadyState;
+    },
+    send: (data) => server.send(data),
+    close: (code, reason) => server.close(code, reason),
+  });
+  server.addEventListener("message", (event) => {
+    // workerd decodes a text frame's invalid UTF-8 to U+FFFD before we see
+    // it, so the replacement character is the only trace left of bytes that
+    // must close with 1007. The cost: a literal U+FFFD is refused too.
+    if (typeof event.data === "string" && event.data.includes("\uFFFD")) {
+      server.close(CloseCode.InvalidPayload, "text frames must be valid UTF-8");
+      return;
+    }
+    events.onMessage?.(event as unknown as MessageEvent, ws);
+  });
+  server.addEventListener("close", (event) => events.onClose?.(event as unknown as CloseEvent, ws));
+  server.addEventListener("error", (event) => events.onError?.(event as unknown as Event, ws));
+  events.onOpen?.(new Event("open"), ws);
+  const headers: Record<string, string> = protocol ? { "sec-websocket-protocol": protocol } : {};
+  // `webSocket` is Workers' extension of ResponseInit (the 101 hands the client end over).
+  return new Response(null, { status: 101, webSocket: client, headers } as ResponseInit);
+});
+
+/** Workers' socket as the core's {@link ChatSocket}. */
+function workersSocket(ws: WSContext, id: string): ChatSocket {
+  const raw = ws.raw as CfWebSocket;
+  return {
+    id,
+    send(text) {
+      // workerd throws on a socket that is closing; the close event that
+      // follows ends the session, and a throw here would stop a room's fan-out.
+      try {
+        raw.send(text);
+      } catch {}
+    },
+    close(code, reason) {
+      try {
+        raw.close(code, reason);
+      } catch {}
+    },
+    // No bufferedAmount on Workers: the runtime queues frames itself (see the header).
+    bufferedAmount: () => 0,
+  };
+}
+
+/**
+ * One room: its connections, its order and its history. The same app as the
+ * other runtimes serves the forwarded /websocket and /rooms/:room/messages.
+ */
+export class ChatRoom {
+  readonly #chat: Chat;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    // Origin and token were checked by the Worker, which alone can reach
+    // this object; the name from the token arrives as `?user=`.
+    const config: Config = { ...loadConfig(configVars(env)), authSecret: undefined, allowedOrigins: [] };
+    const logger = loggerFor(config);
+    const store = new SqliteStore(durableSqlite(ctx.storage), config.historyLimit);
+    const hub = new MemoryHub(store, logger);
+    this.#chat = createChat({
+      config,
+      hub,
+      store,
+      logger,
+      metrics: noopMetrics,
+      upgradeWebSocket: upgradeInObject,
+      toSocket: workersSocket,
+      runtime: "workerd",
+    });
+  }
+
+  fetch(request: Request): Response | Promise<Response> {
+    return this.#chat.app.fetch(request);
+  }
+}
+
+let front: Hono | null = null;
+
+export default {
+  fetch(request: Request, env: Env): Response | Promise<Response> {
+    try {
+      front ??= createFront(env);
+    } catch (error) {
+      // A bad variable (ConfigError names it) fails every request loudly rather than running misconfigured.
+      console.error(String(error));
+      return Response.json({ error: "the chat is misconfigured; see the Worker's log" }, { status: 500 });
+    }
+    return front.fetch(request);
+  },
+};
