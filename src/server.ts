@@ -1,6 +1,6 @@
 import { type AppDeps, type Chat, createChat } from "./app.ts";
 import type { Config } from "./config.ts";
-import type { Hub } from "./hub/hub.ts";
+import type { Broadcaster, Hub } from "./hub/hub.ts";
 import { MemoryHub } from "./hub/memory.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
@@ -18,6 +18,8 @@ export interface ServerParts extends Pick<AppDeps, "upgradeWebSocket" | "toSocke
   openSqlite: (path: string) => SqliteDatabase;
   /** Creates the folder that holds the SQLite file. */
   ensureDir: (path: string) => void;
+  /** The runtime's native fan-out (Bun's topics), used by the memory hub. @default none */
+  broadcaster?: Broadcaster;
 }
 
 function dirOf(path: string): string {
@@ -36,7 +38,7 @@ export async function buildServer(parts: ServerParts): Promise<Chat & { hub: Hub
     ({ store, hub } = await createRedisParts(config, logger, config.history === "redis" ? null : await localStore()));
   } else {
     store = await localStore();
-    hub = new MemoryHub(store, logger);
+    hub = new MemoryHub(store, logger, parts.broadcaster ?? null);
   }
 
   async function localStore(): Promise<HistoryStore> {

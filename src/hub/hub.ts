@@ -54,13 +54,27 @@ export class Member {
       return;
     }
     this.socket.send(text);
-    // A client that does not read must not make the server buffer without
-    // bound, nor slow the others: past the limit it is closed (1013).
-    if (this.socket.bufferedAmount() > this.maxBuffered) {
-      this.#closing = true;
-      this.onSlow();
-      this.socket.close(CloseCode.TryAgainLater, "client is not reading fast enough");
-    }
+    this.checkBacklog();
+  }
+
+  /** True until the session releases it: frames are queued, not sent. */
+  get held(): boolean {
+    return this.#held !== null;
+  }
+
+  /**
+   * A client that does not read must not make the server buffer without
+   * bound, nor slow the others: past the limit it is closed (1013). Called
+   * after every send (and by a room after a native broadcast); returns false
+   * when the member is closed or closing.
+   */
+  checkBacklog(): boolean {
+    if (this.#closing) return false;
+    if (this.socket.bufferedAmount() <= this.maxBuffered) return true;
+    this.#closing = true;
+    this.onSlow();
+    this.socket.close(CloseCode.TryAgainLater, "client is not reading fast enough");
+    return false;
   }
 
   /**
@@ -82,6 +96,22 @@ export class Member {
     this.#closing = true;
     this.#held = null;
   }
+}
+
+/**
+ * Native fan-out a runtime may offer (Bun's topic publish): one call sends a
+ * frame to every subscriber of a channel, framed once. Optional; without it a
+ * room sends to each member. Rooms subscribe only released members, so the
+ * welcome still comes first.
+ */
+export interface Broadcaster {
+  subscribe(socket: ChatSocket, channel: string): void;
+  unsubscribe(socket: ChatSocket, channel: string): void;
+  /**
+   * Sends `text` to every subscriber of `channel` but `except`. Returns true
+   * when some subscriber may be backed up, so the room checks their backlog.
+   */
+  publish(channel: string, text: string, except: ChatSocket | null): boolean;
 }
 
 /** A message as a session hands it to the hub, before it has an id. */

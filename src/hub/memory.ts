@@ -8,24 +8,41 @@ import {
   serialize,
 } from "../protocol.ts";
 import type { HistoryStore } from "../store/store.ts";
-import type { Draft, Hub, Member } from "./hub.ts";
+import type { Broadcaster, Draft, Hub, Member } from "./hub.ts";
 
 /** One room's members on this instance. */
 export class LocalRoom {
   readonly members = new Set<Member>();
   /** Connections per name, so a name with two tabs stays online until both leave. */
   readonly #names = new Map<string, number>();
+  /** With a broadcaster: members subscribed to the room's channels. */
+  readonly #live = new Set<Member>();
+  /** With a broadcaster: members not subscribed yet (held for their welcome). */
+  readonly #waiting = new Set<Member>();
+  readonly #allChannel: string;
+  readonly #v1Channel: string;
 
-  constructor(readonly name: string) {}
+  /** @param broadcaster native fan-out (Bun's topics) @default null: one send per member */
+  constructor(
+    readonly name: string,
+    readonly broadcaster: Broadcaster | null = null,
+  ) {
+    // ":" is not allowed in room names, so these never collide.
+    this.#allChannel = `m:${name}`;
+    this.#v1Channel = `v:${name}`;
+  }
 
   add(member: Member): void {
     this.members.add(member);
+    if (this.broadcaster) this.#waiting.add(member);
     if (member.name !== null) this.#names.set(member.name, (this.#names.get(member.name) ?? 0) + 1);
   }
 
   /** Returns false when the member was not here. */
   remove(member: Member): boolean {
     if (!this.members.delete(member)) return false;
+    this.#waiting.delete(member);
+    if (this.#live.delete(member)) this.#unsubscribe(member);
     if (member.name !== null) {
       const n = (this.#names.get(member.name) ?? 1) - 1;
       if (n > 0) this.#names.set(member.name, n);
@@ -49,16 +66,59 @@ export class LocalRoom {
    */
   deliverMessage(message: ChatMessage, text: string, sender: Member | null, cid: string | undefined): void {
     const echo = sender !== null && cid !== undefined ? serialize({ ...message, cid } satisfies EchoFrame) : null;
-    for (const m of this.members) {
-      m.deliver(echo !== null && m === sender ? echo : text, message.id);
+    const b = this.broadcaster;
+    if (!b) {
+      for (const m of this.members) m.deliver(echo !== null && m === sender ? echo : text, message.id);
+      return;
     }
+    for (const m of this.#promote()) m.deliver(echo !== null && m === sender ? echo : text, message.id);
+    const except = echo !== null && sender !== null && this.#live.has(sender) ? sender : null;
+    except?.deliver(echo!, message.id);
+    if (b.publish(this.#allChannel, text, except?.socket ?? null)) this.#checkLive();
   }
 
   /** Delivers a v1-only frame (presence, typing) to the v1 members, maybe minus one. */
   deliverV1(text: string, except: Member | null = null): void {
-    for (const m of this.members) {
-      if (m.mode === "v1" && m !== except) m.deliver(text);
+    const b = this.broadcaster;
+    if (!b) {
+      for (const m of this.members) if (m.mode === "v1" && m !== except) m.deliver(text);
+      return;
     }
+    for (const m of this.#promote()) if (m.mode === "v1" && m !== except) m.deliver(text);
+    const skip = except !== null && this.#live.has(except) ? except.socket : null;
+    if (b.publish(this.#v1Channel, text, skip)) this.#checkLive();
+  }
+
+  /**
+   * Subscribes the members released since the last delivery, before anything
+   * is published, so none misses a frame or gets one before its welcome.
+   * Returns the members still waiting, which get frames one by one.
+   */
+  #promote(): Set<Member> {
+    const b = this.broadcaster!;
+    for (const m of this.#waiting) {
+      if (m.held || !m.open) continue;
+      this.#waiting.delete(m);
+      this.#live.add(m);
+      b.subscribe(m.socket, this.#allChannel);
+      if (m.mode === "v1") b.subscribe(m.socket, this.#v1Channel);
+    }
+    return this.#waiting;
+  }
+
+  /** A broadcast bypasses Member.deliver, so the slow-consumer rule is applied here. */
+  #checkLive(): void {
+    for (const m of this.#live) {
+      if (m.checkBacklog()) continue;
+      this.#live.delete(m);
+      this.#waiting.add(m); // closing: no more broadcasts, until it leaves
+      this.#unsubscribe(m);
+    }
+  }
+
+  #unsubscribe(m: Member): void {
+    this.broadcaster!.unsubscribe(m.socket, this.#allChannel);
+    if (m.mode === "v1") this.broadcaster!.unsubscribe(m.socket, this.#v1Channel);
   }
 }
 
@@ -105,15 +165,20 @@ export class MemoryHub implements Hub {
   readonly #rooms = new Map<string, MemoryRoom>();
   readonly healthy = true;
 
+  /**
+   * @param broadcaster native fan-out for the rooms (Bun's topic publish)
+   *   @default null: one send per member
+   */
   constructor(
     readonly store: HistoryStore,
     readonly logger: Logger,
+    readonly broadcaster: Broadcaster | null = null,
   ) {}
 
   #room(name: string): MemoryRoom {
     let room = this.#rooms.get(name);
     if (!room) {
-      const created = Object.assign(new LocalRoom(name), {
+      const created = Object.assign(new LocalRoom(name, this.broadcaster), {
         clock: new IdClock(),
         ready: Promise.resolve(),
         tail: Promise.resolve(),
