@@ -1,0 +1,167 @@
+import type { Redis } from "ioredis";
+import { afterAll, describe, expect, it } from "vitest";
+import { Member } from "../../src/hub/hub.ts";
+import { createRedisClient, RedisHub, waitReady } from "../../src/hub/redis.ts";
+import { silentLogger } from "../../src/observability/logger.ts";
+import { formatMessageId } from "../../src/protocol.ts";
+import { RedisStore } from "../../src/store/redis.ts";
+import type { HistoryStore } from "../../src/store/store.ts";
+import { FakeSocket } from "../helpers/fake-socket.ts";
+import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
+import { type HubFactoryOptions, hubContract } from "./hub.contract.ts";
+
+const prefixes: string[] = [];
+afterAll(async () => {
+  if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
+});
+
+interface Built {
+  hubs: RedisHub[];
+  /** Each hub's two clients: disconnecting them is an instance dying without a word. */
+  clients: Redis[][];
+  stores: HistoryStore[];
+  prefix: string;
+  cleanup(): Promise<void>;
+}
+
+/** `n` hubs sharing one Redis and one prefix, as `n` instances would. */
+async function makeRedisHubs(n: number, options: HubFactoryOptions & { presenceTtlMs?: number } = {}): Promise<Built> {
+  const prefix = uniquePrefix("hub");
+  prefixes.push(prefix);
+  const hubs: RedisHub[] = [];
+  const stores: HistoryStore[] = [];
+  const clients: Redis[][] = [];
+  for (let i = 0; i < n; i++) {
+    const redis = createRedisClient(REDIS_URL);
+    const subscriber = createRedisClient(REDIS_URL);
+    await Promise.all([waitReady(redis, 3000), waitReady(subscriber, 3000)]);
+    const base = new RedisStore(redis, { prefix, publish: true });
+    const store = options.wrapStore ? options.wrapStore(base) : base;
+    stores.push(store);
+    clients.push([redis, subscriber]);
+    hubs.push(
+      new RedisHub({
+        redis,
+        subscriber,
+        store,
+        logger: silentLogger,
+        prefix,
+        presenceTtlMs: options.presenceTtlMs ?? 6000,
+      }),
+    );
+  }
+  return {
+    hubs,
+    clients,
+    stores,
+    prefix,
+    cleanup: async () => {
+      await Promise.all(hubs.map((h) => h.close()));
+    },
+  };
+}
+
+if (redisSkipReason === null) {
+  hubContract("one RedisHub", (options) => makeRedisHubs(1, options));
+  hubContract("three RedisHubs sharing Redis", (options) => makeRedisHubs(3, options));
+}
+
+const isMessage = (f: Record<string, unknown>) => f.type === "message";
+
+describe.skipIf(redisSkipReason !== null)(`RedisHub${redisSkipReason ? ` (skipped: ${redisSkipReason})` : ""}`, () => {
+  it("ids continue above the room's stream top even when this instance's clock is far behind", async () => {
+    const built = await makeRedisHubs(2);
+    try {
+      const [a, b] = built.hubs as [RedisHub, RedisHub];
+      const room = "clock";
+      // Another instance with a clock a day ahead already wrote to the room.
+      const ahead = Date.now() + 86_400_000;
+      await built.stores[0]!.append({
+        type: "message",
+        id: formatMessageId(ahead, 7),
+        room,
+        user: "x",
+        message: "future",
+        ts: ahead,
+      });
+      const sa = new FakeSocket();
+      const ma = new Member(sa, "alice", "v1");
+      await a.join(room, ma);
+      ma.release(null, null);
+      const mb = new Member(new FakeSocket(), "bob", "v1");
+      await b.join(room, mb);
+      mb.release(null, null);
+      const first = await a.publish(room, ma, { user: "alice", message: "one" });
+      const second = await b.publish(room, mb, { user: "bob", message: "two" });
+      expect(first.id).toBe(formatMessageId(ahead, 8));
+      expect(second.id > first.id).toBe(true);
+      await sa.waitFor(isMessage, 2);
+      a.leave(room, ma);
+      b.leave(room, mb);
+    } finally {
+      await built.cleanup();
+    }
+  });
+
+  it("subscribes to a room only while it has local members", async () => {
+    const built = await makeRedisHubs(1);
+    const probe = createRedisClient(REDIS_URL);
+    await waitReady(probe, 3000);
+    try {
+      const hub = built.hubs[0]!;
+      const channel = `${built.prefix}{sub}:ch`;
+      const numsub = async () => ((await probe.call("PUBSUB", "NUMSUB", channel)) as [string, number])[1];
+      expect(await numsub()).toBe(0);
+      const m = new Member(new FakeSocket(), null, "v1");
+      await hub.join("sub", m);
+      expect(await numsub()).toBe(1);
+      hub.leave("sub", m);
+      for (let i = 0; i < 50 && (await numsub()) !== 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await numsub()).toBe(0);
+    } finally {
+      probe.disconnect();
+      await built.cleanup();
+    }
+  });
+
+  it("a dead instance's names expire within the TTL and the room is told they left", async () => {
+    const built = await makeRedisHubs(2, { presenceTtlMs: 600 });
+    const [live, dying] = built.hubs as [RedisHub, RedisHub];
+    try {
+      const room = "ttl";
+      const watch = new FakeSocket();
+      const w = new Member(watch, "wes", "v1");
+      await live.join(room, w);
+      w.release(null, null);
+      await dying.join(room, new Member(new FakeSocket(), "dora", "v1"));
+      await watch.waitFor((f) => f.type === "presence" && f.joined === "dora");
+      expect(await live.users(room)).toEqual(["dora", "wes"]);
+      // Dies without a word: no leave, no close, no more heartbeats reach Redis.
+      const t0 = Date.now();
+      for (const c of built.clients[1]!) c.disconnect();
+      void dying;
+      const [left] = await watch.waitFor((f) => f.type === "presence" && f.left === "dora", 1, 3000);
+      expect(left!.users).toEqual(["wes"]);
+      expect(Date.now() - t0).toBeLessThan(2500);
+      expect(await live.users(room)).toEqual(["wes"]);
+      live.leave(room, w);
+    } finally {
+      await built.cleanup();
+    }
+  });
+
+  it("is unhealthy and rejects publishes at once while Redis does not answer", async () => {
+    const redis = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 300 });
+    const subscriber = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 300 });
+    const hub = new RedisHub({ redis, subscriber, store: new RedisStore(redis), logger: silentLogger });
+    try {
+      expect(hub.healthy).toBe(false);
+      const m = new Member(new FakeSocket(), "a", "v1");
+      const t0 = Date.now();
+      await expect(hub.join("r", m)).rejects.toThrow();
+      expect(Date.now() - t0).toBeLessThan(1000);
+    } finally {
+      await hub.close();
+    }
+  });
+});

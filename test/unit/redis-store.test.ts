@@ -1,0 +1,111 @@
+import { Redis } from "ioredis";
+import { afterAll, describe, expect, it } from "vitest";
+import { createRedisClient, waitReady } from "../../src/hub/redis.ts";
+import { formatMessageId } from "../../src/protocol.ts";
+import { fromStreamId, HistoryConflictError, RedisKeys, RedisStore, toStreamId } from "../../src/store/redis.ts";
+import type { HistoryStore } from "../../src/store/store.ts";
+import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
+import { storeContract } from "./store.contract.ts";
+
+const prefixes: string[] = [];
+afterAll(async () => {
+  if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
+});
+
+if (redisSkipReason === null) {
+  storeContract("RedisStore (streams, real Redis)", async (options = {}) => {
+    const prefix = uniquePrefix("store");
+    prefixes.push(prefix);
+    // The client fails fast instead of queueing, so wait for it to connect.
+    const open = async () => {
+      const client = createRedisClient(REDIS_URL);
+      await waitReady(client, 3000);
+      return new RedisStore(client, { limit: options.limit, prefix, owned: true });
+    };
+    let current: HistoryStore = await open();
+    return {
+      get store() {
+        return current;
+      },
+      async reopen() {
+        await current.close();
+        current = await open();
+        return current;
+      },
+      cleanup: () => current.close(),
+    };
+  });
+}
+
+describe.skipIf(redisSkipReason !== null)(
+  `RedisStore${redisSkipReason ? ` (skipped: ${redisSkipReason})` : ""}`,
+  () => {
+    const msg = (room: string, ms: number, seq: number, text = "x") => ({
+      type: "message" as const,
+      id: formatMessageId(ms, seq),
+      room,
+      user: "u",
+      message: text,
+      ts: ms,
+    });
+
+    it("stream entry ids are the message ids without padding, both ways", () => {
+      expect(toStreamId("1700000000000-000042")).toBe("1700000000000-42");
+      expect(fromStreamId("1700000000000-42")).toBe("1700000000000-000042");
+      expect(() => toStreamId("nope")).toThrow();
+    });
+
+    it("an append below the top is refused as a conflict (nothing stored); a repeat is ignored", async () => {
+      const prefix = uniquePrefix("store");
+      prefixes.push(prefix);
+      const redis = createRedisClient(REDIS_URL);
+      await waitReady(redis, 3000);
+      const store = new RedisStore(redis, { prefix, owned: true });
+      try {
+        await store.append(msg("r", 2000, 5, "top"));
+        await store.append(msg("r", 2000, 5, "top")); // same id: a retry, ignored
+        const below = store.append(msg("r", 2000, 4, "late"));
+        await expect(below).rejects.toBeInstanceOf(HistoryConflictError);
+        await expect(below).rejects.toMatchObject({ top: formatMessageId(2000, 5) });
+        expect((await store.latest("r", 10)).map((m) => m.message)).toEqual(["top"]);
+        const raw = await redis.xrange(new RedisKeys(prefix).stream("r"), "-", "+");
+        expect(raw.map(([id]) => id)).toEqual(["2000-5"]);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it("with publish, the append and the PUBLISH on the room's channel are one step", async () => {
+      const prefix = uniquePrefix("store");
+      prefixes.push(prefix);
+      const keys = new RedisKeys(prefix);
+      const sub = new Redis(REDIS_URL);
+      const got: string[] = [];
+      sub.on("message", (_c: string, p: string) => got.push(p));
+      await sub.subscribe(keys.channel("r"));
+      const client = createRedisClient(REDIS_URL);
+      await waitReady(client, 3000);
+      const store = new RedisStore(client, { prefix, owned: true, publish: true });
+      try {
+        await store.append(msg("r", 3000, 0, "line1\nline2"));
+        await expect(store.append(msg("r", 2999, 0))).rejects.toBeInstanceOf(HistoryConflictError);
+        for (let i = 0; i < 50 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+        await new Promise((r) => setTimeout(r, 50));
+        expect(got).toEqual([`m\n${formatMessageId(3000, 0)}\n3000\nu\nline1\nline2`]);
+      } finally {
+        await store.close();
+        sub.disconnect();
+      }
+    });
+
+    it("reads fail fast, not queued, while Redis does not answer", async () => {
+      const client = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 500 });
+      const store = new RedisStore(client, { owned: true });
+      const t0 = Date.now();
+      await expect(store.latest("r", 10)).rejects.toThrow();
+      await expect(store.append(msg("r", 1, 0))).rejects.toThrow();
+      expect(Date.now() - t0).toBeLessThan(1000);
+      await store.close();
+    });
+  },
+);
