@@ -1,0 +1,4 @@
+import { nodeTarget } from "../helpers/server.ts";
+import { serverSuite } from "./server.suite.ts";
+
+serverSuite(nodeTarget);
