@@ -23,6 +23,10 @@
  * - Shutdown and draining are the platform's: /healthz is always "ok".
  * - Frames: the platform accepts frames up to 32 MiB; the Session closes with
  *   1009 past MAX_FRAME_BYTES itself (text and binary).
+ * - Invalid UTF-8: workerd decodes a text frame leniently (bad bytes become
+ *   U+FFFD) before the object sees it, so there is no 1007; the frame is
+ *   handled as the text it decoded to. Closing on U+FFFD instead would refuse
+ *   valid text that contains the character itself.
  *
  * Types come from workers-types' module form, so Workers' globals do not
  * clash with the DOM and Node types the rest of the project checks against.
@@ -42,7 +46,7 @@ import type { ChatSocket } from "./hub/hub.ts";
 import { MemoryHub } from "./hub/memory.ts";
 import { consoleLogger, type Logger } from "./observability/logger.ts";
 import { noopMetrics } from "./observability/metrics.ts";
-import { CloseCode, roomProblem, selectSubprotocol } from "./protocol.ts";
+import { roomProblem, selectSubprotocol } from "./protocol.ts";
 import { durableSqlite } from "./store/durable.ts";
 import { SqliteStore } from "./store/sqlite.ts";
 
@@ -172,16 +176,7 @@ const upgradeInObject = defineWebSocketHelper((c: Context, events) => {
     send: (data) => server.send(data),
     close: (code, reason) => server.close(code, reason),
   });
-  server.addEventListener("message", (event) => {
-    // workerd decodes a text frame's invalid UTF-8 to U+FFFD before we see
-    // it, so the replacement character is the only trace left of bytes that
-    // must close with 1007. The cost: a literal U+FFFD is refused too.
-    if (typeof event.data === "string" && event.data.includes("\uFFFD")) {
-      server.close(CloseCode.InvalidPayload, "text frames must be valid UTF-8");
-      return;
-    }
-    events.onMessage?.(event as unknown as MessageEvent, ws);
-  });
+  server.addEventListener("message", (event) => events.onMessage?.(event as unknown as MessageEvent, ws));
   server.addEventListener("close", (event) => events.onClose?.(event as unknown as CloseEvent, ws));
   server.addEventListener("error", (event) => events.onError?.(event as unknown as Event, ws));
   events.onOpen?.(new Event("open"), ws);
