@@ -1,4 +1,92 @@
+/**
+ * The black-box suite against the Node entry, plus what only Node offers here:
+ * TLS straight from the server and opt-in permessage-deflate.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { get } from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { trackForFile } from "../helpers/cleanup.ts";
+import { connect } from "../helpers/client.ts";
 import { nodeTarget } from "../helpers/server.ts";
 import { serverSuite } from "./server.suite.ts";
 
 serverSuite(nodeTarget);
+
+const hasOpenssl = spawnSync("openssl", ["version"]).status === 0;
+
+/** A self-signed certificate for 127.0.0.1, made for this run. */
+function selfSigned(): { cert: string; key: string } {
+  const dir = mkdtempSync(join(tmpdir(), "chat-tls-"));
+  trackForFile(() => rmSync(dir, { recursive: true, force: true }));
+  const cert = join(dir, "cert.pem");
+  const key = join(dir, "key.pem");
+  const out = spawnSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      key,
+      "-out",
+      cert,
+      "-days",
+      "1",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-addext",
+      "subjectAltName=IP:127.0.0.1",
+    ],
+    { encoding: "utf8" },
+  );
+  if (out.status !== 0) throw new Error(`openssl failed: ${out.stderr}`);
+  return { cert, key };
+}
+
+describe("node only", () => {
+  it.skipIf(!hasOpenssl)("TLS_CERT and TLS_KEY serve https and wss directly (skipped without openssl)", async () => {
+    const { cert, key } = selfSigned();
+    const server = await nodeTarget.start({ TLS_CERT: cert, TLS_KEY: key });
+    const port = new URL(server.url).port;
+    const ca = readFileSync(cert);
+    const health = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = get(`https://127.0.0.1:${port}/healthz`, { ca, timeout: 5000 }, (res) => {
+        let body = "";
+        res.on("data", (d: Buffer) => {
+          body += d.toString();
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on("timeout", () => req.destroy(new Error("https request timed out")));
+      req.on("error", reject);
+    });
+    expect(health.status).toBe(200);
+    expect(JSON.parse(health.body)).toMatchObject({ status: "ok" });
+    const c = await connect(`wss://127.0.0.1:${port}/websocket?room=tls&user=tess`, {
+      protocols: "chat.v1",
+      wsOptions: { ca },
+    });
+    expect(await c.next()).toMatchObject({ type: "welcome", user: "tess" });
+    c.send({ message: "over tls" });
+    expect(await c.waitFor("message")).toMatchObject({ message: "over tls", user: "tess" });
+    // The plain-text port speaks no HTTP: a client must not be able to downgrade.
+    await expect(fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(3000) })).rejects.toThrow();
+  });
+
+  it("permessage-deflate is negotiated only with WS_COMPRESSION=true", async () => {
+    const plain = await nodeTarget.start();
+    const off = await connect(`${plain.wsUrl}?room=z`, { perMessageDeflate: true });
+    expect(off.ws.extensions).toBe("");
+    const zipped = await nodeTarget.start({ WS_COMPRESSION: "true" });
+    const on = await connect(`${zipped.wsUrl}?room=z`, { perMessageDeflate: true });
+    expect(on.ws.extensions).toMatch(/permessage-deflate/);
+    const big = "compress me ".repeat(1000);
+    on.send({ user: "zip", message: big.slice(0, 2000) });
+    expect(await on.waitFor("message")).toMatchObject({ user: "zip", message: big.slice(0, 2000) });
+  });
+});
