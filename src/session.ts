@@ -139,6 +139,11 @@ export class Session {
       }
     } catch (error) {
       this.#log.error({ room, err: String(error) }, "join failed");
+      // Leave now rather than when the close completes: a member that is
+      // never released would hold every frame of the room until then.
+      member.detach();
+      hub.leave(room, member);
+      this.#inbox = null;
       socket.close(CloseCode.TryAgainLater, "chat is unavailable, try again");
       return;
     }
@@ -173,7 +178,8 @@ export class Session {
       return;
     }
     const member = this.#member;
-    if (!member) return;
+    // Not open: the join failed, or the client is being closed for not reading.
+    if (!member?.open) return;
     this.#received++;
     const { config } = this.deps;
     if (typeof data !== "string") {
