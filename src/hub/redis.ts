@@ -140,6 +140,14 @@ interface RoomState {
   syncing: string[] | null;
   /** Settles after the room's previous publish: one append in flight per room keeps a sender's order. */
   chain: Promise<unknown>;
+  /** The id of this instance's append in flight, until its reply says whose that id is. */
+  inflight: string | null;
+  /**
+   * Frames held from the one carrying the in-flight id on: another instance
+   * may have taken that id first, and only the append's reply tells whether
+   * it is our message (which gets the echo) or theirs.
+   */
+  held: string[] | null;
 }
 
 /** A publish whose message is stored and not yet delivered here. */
@@ -256,6 +264,8 @@ export class RedisHub implements Hub {
       base: null,
       syncing: null,
       chain: Promise.resolve(),
+      inflight: null,
+      held: null,
     };
     state.ready = (async () => {
       await this.#sub.subscribe(this.#keys.channel(name));
@@ -360,22 +370,26 @@ export class RedisHub implements Hub {
         message: draft.message,
         ts,
       };
-      const key = `${roomName}\n${message.id}`;
       let delivered!: () => void;
       const arrived = new Promise<void>((resolve) => {
         delivered = resolve;
       });
-      // Registered before the append: the channel may deliver before the reply.
-      this.#pending.set(key, { member: from, cid: draft.cid, delivered });
+      if (state) state.inflight = message.id;
+      let ours = false;
       try {
         await this.#store.append(message);
+        ours = true;
       } catch (error) {
-        this.#pending.delete(key);
         if (error instanceof HistoryConflictError) {
           clock.resumeAfter(error.top);
           continue;
         }
         throw error;
+      } finally {
+        // Only now is the id known to be ours: register the echo, then let
+        // through what was held behind it.
+        if (ours) this.#pending.set(`${roomName}\n${message.id}`, { member: from, cid: draft.cid, delivered });
+        if (state) this.#settle(state);
       }
       return { message, arrived };
     }
@@ -402,7 +416,18 @@ export class RedisHub implements Hub {
     else this.#handle(state, payload);
   }
 
+  #settle(state: RoomState): void {
+    state.inflight = null;
+    const held = state.held;
+    state.held = null;
+    for (const payload of held ?? []) this.#handle(state, payload);
+  }
+
   #handle(state: RoomState, payload: string): void {
+    if (state.held) {
+      state.held.push(payload);
+      return;
+    }
     const kind = payload[0];
     if (kind === "m") {
       // m \n id \n ts \n user \n message (the message may hold newlines; it is last)
@@ -410,9 +435,14 @@ export class RedisHub implements Hub {
       const b = payload.indexOf("\n", a + 1);
       const c = payload.indexOf("\n", b + 1);
       const d = payload.indexOf("\n", c + 1);
+      const id = payload.slice(a + 1, b);
+      if (id === state.inflight) {
+        state.held = [payload];
+        return;
+      }
       this.#deliver(state, {
         type: "message",
-        id: payload.slice(a + 1, b),
+        id,
         room: state.local.name,
         user: payload.slice(c + 1, d),
         message: payload.slice(d + 1),

@@ -75,11 +75,18 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** A private redis-server (no persistence), stopped and restarted by the test. */
+/**
+ * A private redis-server, killed and restarted by a fault test. It saves
+ * nothing by itself; {@link save} writes a snapshot into `dir` (a temp
+ * folder), which the next start loads, as a Redis with persistence would.
+ */
 export class PrivateRedis {
   #child: ChildProcess | null = null;
 
-  constructor(readonly port: number) {}
+  constructor(
+    readonly port: number,
+    readonly dir: string,
+  ) {}
 
   get url(): string {
     return `redis://127.0.0.1:${this.port}`;
@@ -90,7 +97,7 @@ export class PrivateRedis {
     if (this.#child) return;
     const child = spawn(
       "redis-server",
-      ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+      ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir],
       { stdio: "ignore" },
     );
     this.#child = child;
@@ -101,6 +108,17 @@ export class PrivateRedis {
     }
     await this.stop();
     throw new Error(`redis-server on port ${this.port} did not start`);
+  }
+
+  /** Writes a snapshot (SAVE) that the next start loads. */
+  async save(): Promise<void> {
+    const client = new Redis(this.url, { maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on("error", () => {});
+    try {
+      await client.save();
+    } finally {
+      client.disconnect();
+    }
   }
 
   /** SIGKILLs the server (as a crash would) and waits for its exit. */

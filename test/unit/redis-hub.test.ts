@@ -103,6 +103,39 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${redisSkipReason ? ` (skippe
     }
   });
 
+  it("when instances race for the same id, every echo still goes to its own sender only", async () => {
+    const built = await makeRedisHubs(3);
+    try {
+      const room = "race";
+      const members = await Promise.all(
+        built.hubs.map(async (hub, i) => {
+          const socket = new FakeSocket();
+          const member = new Member(socket, `u${i}`, "v1");
+          await hub.join(room, member);
+          member.release(null, null);
+          return { hub, socket, member, name: `u${i}` };
+        }),
+      );
+      const per = 30;
+      await Promise.all(
+        members.flatMap((m) =>
+          Array.from({ length: per }, (_, k) =>
+            m.hub.publish(room, m.member, { user: m.name, message: `${k}`, cid: `${m.name}-${k}` }),
+          ),
+        ),
+      );
+      for (const m of members) {
+        const got = await m.socket.waitFor(isMessage, per * members.length);
+        const withCid = got.filter((f) => "cid" in f);
+        expect(withCid.every((f) => f.user === m.name && f.cid === `${m.name}-${f.message}`)).toBe(true);
+        expect(withCid).toHaveLength(per);
+      }
+      for (const m of members) m.hub.leave(room, m.member);
+    } finally {
+      await built.cleanup();
+    }
+  });
+
   it("subscribes to a room only while it has local members", async () => {
     const built = await makeRedisHubs(1);
     const probe = createRedisClient(REDIS_URL);
