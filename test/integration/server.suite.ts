@@ -429,6 +429,29 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
         expect(await c.waitFor(isMsg)).toEqual(next);
       });
 
+      it("clients joining during a burst get every message once: history, then live, no gap, no duplicate", async () => {
+        const room = freshRoom();
+        const base = await say(await seed(server, room), "sam", "base");
+        const senders = [await seed(server, room), await seed(server, room), await seed(server, room)];
+        const perSender = 10;
+        // Joins start between the sends, so their welcomes are prepared while messages arrive.
+        const joins: Promise<{ c: TestClient; welcome: Json }>[] = [];
+        for (let k = 0; k < perSender; k++) {
+          if (k % 3 === 0) joins.push(v1(server, room, `j${k}`, k % 2 ? { since: base.id as string } : {}));
+          for (const [i, s] of senders.entries()) s.send({ user: `s${i}`, message: `${i}:${k}` });
+        }
+        const all = (await senders[0]!.collect(isMsg, perSender * senders.length, 8000)).map((f) => f.id as string);
+        const joined = await Promise.all(joins);
+        for (const { c, welcome } of joined) {
+          const history = (welcome.history as Json[])
+            .map((m) => m.id as string)
+            .filter((id) => id > (base.id as string));
+          const liveCount = all.length - history.length;
+          const live = liveCount > 0 ? (await c.collect(isMsg, liveCount, 8000)).map((f) => f.id as string) : [];
+          expect([...history, ...live]).toEqual(all);
+        }
+      });
+
       it("since an unknown id or a non-id: recovered false", async () => {
         const room = freshRoom();
         const s = await seed(server, room);
@@ -646,6 +669,7 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
       const secret = "test-secret-0123456789abcdef";
       let authed: RunningServer;
       const now = () => Math.floor(Date.now() / 1000);
+      const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
       const token = (claims: Record<string, unknown>, key = secret) =>
         sign({ exp: now() + 600, ...claims }, key, "HS256");
 
@@ -661,6 +685,8 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
           ["wrong key", await token({ name: "eve" }, "another-secret-0123456789")],
           ["expired", await token({ name: "old", exp: now() - 60 })],
           ["no name or sub", await token({ role: "x" })],
+          ["unsigned (alg none)", `${b64({ alg: "none", typ: "JWT" })}.${b64({ name: "eve", exp: now() + 600 })}.`],
+          ["HS256 header, empty signature", `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ name: "eve" })}.`],
         ];
         for (const [label, t] of cases) {
           const res = await expectRefused(`${authed.wsUrl}${q({ room, token: t })}`);
