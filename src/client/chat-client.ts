@@ -317,6 +317,8 @@ export class ChatClient {
     if (this.#closedByApp) return Promise.reject(new ChatError("closed", "the client is closed"));
     return new Promise<ChatMessage>((resolve, reject) => {
       const pending: PendingSend = { cid: `${this.#cidPrefix}-${++this.#nextCid}`, text, resolve, reject };
+      // Receivers clear "is typing" when the message lands; the next keystroke may say so again.
+      this.#lastTypingAt = Number.NEGATIVE_INFINITY;
       if (this.#canSend()) {
         this.#transmit(pending);
       } else if (this.#queue.length >= (this.#opts.maxQueue ?? 100)) {

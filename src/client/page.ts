@@ -300,7 +300,13 @@ function start(name: string, room: string): void {
 
   const url = new URL("/websocket", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  const c = new ChatClient({ url, room, user: name, autoConnect: false, backoff: { initialMs: 500, maxMs: 8000 } });
+  const c = new ChatClient({
+    url,
+    room,
+    user: name,
+    autoConnect: false,
+    backoff: { initialMs: 400, factor: 1.6, maxMs: 6000 },
+  });
   client = c;
   let welcomed = false;
   unsubscribe = [
