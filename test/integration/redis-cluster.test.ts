@@ -4,7 +4,7 @@
  * across them); an instance killed mid-stream loses nothing once its clients
  * resume on the other; a Redis that dies and comes back is survived.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -19,18 +19,25 @@ import {
   redisSkipReason,
   uniquePrefix,
 } from "../helpers/redis.ts";
-import { nodeTarget, type RunningServer } from "../helpers/server.ts";
+import { nodeTarget, type RunningServer, type ServerTarget, spawnTarget } from "../helpers/server.ts";
 
 const V1 = { protocols: "chat.v1" };
 const isMessage = (f: Record<string, unknown>) => f.type === "message";
 
-/** Two instances on one Redis and prefix; the keys are deleted when the file ends. */
-async function cluster(redisUrl = REDIS_URL, n = 2): Promise<RunningServer[]> {
+/** Instances (two on Node unless told) on one Redis and prefix; the keys are deleted when the file ends. */
+async function cluster(
+  redisUrl = REDIS_URL,
+  targets: ServerTarget[] = [nodeTarget, nodeTarget],
+): Promise<RunningServer[]> {
   const prefix = uniquePrefix("cluster");
   trackForFile(() => deleteKeys(redisUrl, prefix));
   const env = { HUB: "redis", REDIS_URL: redisUrl, REDIS_PREFIX: prefix, RATE_LIMIT: "0" };
-  return Promise.all(Array.from({ length: n }, () => nodeTarget.start(env)));
+  return Promise.all(targets.map((t) => t.start(env)));
 }
+
+const bunBin = "node_modules/.bin/bun";
+const denoBin = "node_modules/.bin/deno";
+const haveBunDeno = existsSync(bunBin) && existsSync(denoBin);
 
 function url(server: RunningServer, params: Record<string, string>): string {
   return `${server.wsUrl}?${new URLSearchParams(params)}`;
@@ -124,6 +131,34 @@ describe.skipIf(skip)(`Redis cluster: two instances${skip ? ` (skipped: ${redisS
     await bob.close();
     expect(await alice.waitFor((f) => f.type === "presence" && f.left === "bob")).toMatchObject({ users: ["alice"] });
   });
+
+  it.skipIf(!haveBunDeno)(
+    "Node, Bun and Deno instances share rooms with the same ids (skipped without bun and deno)",
+    async () => {
+      const servers = await cluster(REDIS_URL, [
+        nodeTarget,
+        spawnTarget("bun", [bunBin, "run", "src/index.ts"]),
+        spawnTarget("deno", [denoBin, "run", "-A", "src/index.ts"]),
+      ]);
+      const room = `x${Date.now().toString(36)}`;
+      const clients: TestClient[] = [];
+      for (const [i, s] of servers.entries()) {
+        const c = await connect(url(s, { room, user: `u${i}` }), V1);
+        await c.waitFor("welcome");
+        clients.push(c);
+      }
+      for (let k = 0; k < 10; k++)
+        for (const [i, c] of clients.entries()) c.send({ message: `${i}:${k}`, cid: `${i}-${k}` });
+      const seqs = await Promise.all(
+        clients.map(async (c) => (await c.collect(isMessage, 30, 10_000)).map((f) => f.id)),
+      );
+      for (const seq of seqs) expect(seq).toEqual(seqs[0]);
+      for (const [i, c] of clients.entries()) {
+        const echoes = c.received.filter((f) => f.json?.type === "message" && "cid" in f.json).map((f) => f.json!);
+        expect(echoes.map((f) => f.cid)).toEqual(Array.from({ length: 10 }, (_, k) => `${i}-${k}`));
+      }
+    },
+  );
 
   it("an instance killed with SIGKILL mid-stream: its clients resume on the other and nothing is lost", async () => {
     const [doomed, survivor] = (await cluster()) as [RunningServer, RunningServer];
