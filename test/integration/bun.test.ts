@@ -1,11 +1,13 @@
 /**
- * The Bun entry (`bun run src/index.ts`), started as a real process: the
- * runtime-sensitive cases run against it.
+ * The Bun entry (`bun run src/index.ts`) as a real process: the black-box
+ * suite with every capability on, plus the runtime-sensitive cases.
  */
 import { spawnTarget } from "../helpers/server.ts";
 import { runtimeCases } from "./runtime.cases.ts";
+import { serverSuite } from "./server.suite.ts";
 
-/** `bun run src/index.ts` from the repo's own devDependency. */
+/** `bun run src/index.ts` from the repo's own devDependency (npm install brings it). */
 export const bunTarget = spawnTarget("bun", ["node_modules/.bin/bun", "run", "src/index.ts"]);
 
+serverSuite(bunTarget);
 runtimeCases(bunTarget);

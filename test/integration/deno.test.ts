@@ -1,0 +1,20 @@
+/**
+ * The Deno entry (`deno run -A src/index.ts`) as a real process: the
+ * black-box suite, plus the runtime-sensitive cases.
+ */
+import { spawnTarget } from "../helpers/server.ts";
+import { runtimeCases } from "./runtime.cases.ts";
+import { serverSuite } from "./server.suite.ts";
+
+/** `deno run -A src/index.ts` from the repo's own devDependency (npm install brings it). */
+export const denoTarget = spawnTarget("deno", ["node_modules/.bin/deno", "run", "-A", "src/index.ts"]);
+
+serverSuite(denoTarget, {
+  // Deno validates UTF-8 itself (fastwebsockets) and on a bad text frame drops
+  // the TCP connection without a close frame, before the app sees anything:
+  // the client gets 1006, not 1007. Deno.upgradeWebSocket has no option to
+  // change this. (node:http + ws under Deno does send 1007; not used, see
+  // src/runtime/deno.ts.)
+  utf8Close: false,
+});
+runtimeCases(denoTarget);
