@@ -269,7 +269,12 @@ export class Session {
 
   /** Closes the connection from the server's side (shutdown: 1001). */
   close(code: number, reason: string): void {
-    this.#member?.socket.close(code, reason);
+    const member = this.#member;
+    if (!member) return;
+    // Nothing more goes to a connection the server is closing; at shutdown
+    // this also spares every remaining member the presence of each leaver.
+    member.detach();
+    member.socket.close(code, reason);
   }
 
   /** The connection is gone: leave the room. Safe to call more than once. */
