@@ -9,6 +9,9 @@
  * {@link flakyNetwork}, a wrapper around `ws` that the client takes as its
  * WebSocket constructor.
  */
+import { execFile } from "node:child_process";
+import { resolve } from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import {
@@ -64,10 +67,11 @@ function record(client: ChatClient): ChatMessage[] {
 /**
  * A network between one client and the server that tests can break:
  * `up = false` refuses new connections (the server stays reachable for
- * others), `blackhole = true` loses every frame both ways without closing.
+ * others), `blackhole = true` loses every frame both ways without closing,
+ * `deaf = true` loses only the server's frames.
  */
 function flakyNetwork() {
-  const net = { up: true, blackhole: false, connections: 0 };
+  const net = { up: true, blackhole: false, deaf: false, connections: 0 };
   class FlakySocket implements WebSocketLike {
     onopen: ((e: unknown) => void) | null = null;
     onmessage: ((e: { data: unknown }) => void) | null = null;
@@ -89,7 +93,7 @@ function flakyNetwork() {
       this.#ws = ws;
       ws.onopen = () => this.onopen?.({});
       ws.onmessage = (e) => {
-        if (!net.blackhole) this.onmessage?.({ data: e.data });
+        if (!net.blackhole && !net.deaf) this.onmessage?.({ data: e.data });
       };
       ws.onclose = (e) => this.onclose?.({ code: e.code, reason: e.reason });
       ws.onerror = () => this.onerror?.({});
@@ -272,6 +276,76 @@ describe("ChatClient against a running server", () => {
     expect(seen).toEqual([first, missed]);
     expect(net.connections).toBeGreaterThan(1);
   });
+
+  it("settles a send whose echo was lost from the resume, and resends one the server never got: each stored once", async () => {
+    const { net, WebSocket: Flaky } = flakyNetwork();
+    const dying = { pingIntervalMs: 100, pongTimeoutMs: 200, connectTimeoutMs: 300 };
+    const a = client(server, { room: "inflight", user: "ada", WebSocket: Flaky, ...dying });
+    const watcher = client(server, { room: "inflight", user: "watch" });
+    await Promise.all([opened(a), opened(watcher)]);
+    const seen = record(watcher);
+    await a.send("warm-up"); // so the resume has a since
+
+    // The server stores this one, but its echo never arrives.
+    net.deaf = true;
+    const echoLost = a.send("echo lost");
+    await until(() => seen.length === 2, "the server to store it");
+    await nextEvent(a, "status", (s) => s.status === "reconnecting");
+    net.deaf = false;
+    const stored = await echoLost;
+    expect(stored).toEqual(seen[1]);
+
+    // This one never reaches the server.
+    await opened(a);
+    net.blackhole = true;
+    const neverArrived = a.send("never arrived");
+    await nextEvent(a, "status", (s) => s.status === "reconnecting");
+    net.blackhole = false;
+    const resent = await neverArrived;
+    expect(resent.message).toBe("never arrived");
+
+    await until(() => seen.length === 3, "the resent message");
+    await new Promise((r) => setTimeout(r, 200)); // room for a duplicate to show up
+    expect(seen.map((m) => m.message)).toEqual(["warm-up", "echo lost", "never arrived"]);
+  });
+});
+
+describe("ChatClient on Bun and Deno, with their own global WebSocket", () => {
+  let server: RunningServer;
+  const bin = (name: string) => resolve(import.meta.dirname, "../../node_modules/.bin", name);
+  const clientPath = resolve(import.meta.dirname, "../../src/client/chat-client.ts");
+
+  beforeAll(async () => {
+    server = await nodeTarget.start({ HISTORY: "memory" });
+  });
+
+  for (const [runtime, args] of [
+    ["bun", ["-e"]],
+    ["deno", ["eval"]],
+  ] as const) {
+    it(`sends and receives on ${runtime}`, async () => {
+      const watcher = client(server, { room: "runtimes", user: "watch" });
+      await opened(watcher);
+      const seen = record(watcher);
+      // No WebSocket option: the runtime's global one must do.
+      const code = `
+        import { ChatClient } from ${JSON.stringify(clientPath)};
+        const c = new ChatClient({ url: ${JSON.stringify(server.wsUrl)}, room: "runtimes", user: "${runtime}" });
+        const sent = await c.send("hello from ${runtime}");
+        const it = c.messages();
+        await c.send("second");
+        const next = await it.next();
+        console.log(JSON.stringify({ sent, next: next.value }));
+        c.close();
+      `;
+      const { stdout } = await promisify(execFile)(bin(runtime), [...args, code], { timeout: 20_000 });
+      const out = JSON.parse(stdout.trim().split("\n").at(-1) ?? "") as { sent: ChatMessage; next: ChatMessage };
+      expect(out.sent).toMatchObject({ user: runtime, message: `hello from ${runtime}`, room: "runtimes" });
+      expect(out.next).toMatchObject({ user: runtime, message: "second" });
+      await until(() => seen.length === 2, `the watcher to see ${runtime}'s messages`);
+      expect(seen).toEqual([out.sent, out.next]);
+    });
+  }
 });
 
 describe("ChatClient across a server restart", () => {
