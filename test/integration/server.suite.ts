@@ -579,12 +579,25 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
         expect(seen.map((f) => f.id)).toEqual(accepted.map((f) => f.id));
       });
 
-      it("RATE_LIMIT=0 turns the limit off", async () => {
+      it("RATE_LIMIT=0 turns the limit off; welcome holds the last 50; since resumes up to 1000", async () => {
         const free = await target.start({ RATE_LIMIT: "0" });
-        const c = await seed(free, freshRoom());
-        for (let i = 0; i < 40; i++) c.send({ user: "u", message: `f${i}` });
-        const frames = await c.collect(() => true, 40, 5000);
+        const room = freshRoom();
+        const c = await seed(free, room);
+        const n = 1010;
+        for (let i = 0; i < n; i++) c.send({ user: "u", message: `f${i}` });
+        const frames = await c.collect(() => true, n, 15_000);
         expect(frames.every(isMsg)).toBe(true);
+        const ids = frames.map((f) => f.id as string);
+        const { welcome } = await v1(free, room, "late");
+        expect((welcome.history as Json[]).map((m) => m.id)).toEqual(ids.slice(-50));
+        // Exactly 1000 after the id: all of them, complete.
+        const full = await v1(free, room, "back", { since: ids[n - 1001]! });
+        expect(full.welcome.recovered).toBe(true);
+        expect((full.welcome.history as Json[]).map((m) => m.id)).toEqual(ids.slice(-1000));
+        // More than 1000 after it: the newest 1000, and the gap is reported.
+        const gap = await v1(free, room, "gone", { since: ids[0]! });
+        expect(gap.welcome.recovered).toBe(false);
+        expect((gap.welcome.history as Json[]).map((m) => m.id)).toEqual(ids.slice(-1000));
       });
 
       it.runIf(has("slowConsumer"))(
