@@ -7,13 +7,11 @@
  * nothing is duplicated), notices a dead connection with the protocol's
  * app-level ping, and queues sends while offline.
  *
- * Frames and types come from the one protocol module; only types and a
- * constant are imported so the browser bundle carries no validation library.
+ * Frames and types come from the one protocol module; only its types are
+ * imported, so the browser bundle carries no validation library (see rules.ts).
  */
 import type { ChatMessage, ErrorCode, ErrorFrame, ServerFrame, WelcomeFrame } from "../protocol.ts";
-
-/** Same value as `SUBPROTOCOL` in protocol.ts, which the client cannot import without pulling zod into the page. */
-const SUBPROTOCOL = "chat.v1";
+import { SUBPROTOCOL } from "./rules.ts";
 
 // Function types declared through a method are checked bivariantly, so both
 // the DOM WebSocket and `ws` (whose event types differ) fit this interface.

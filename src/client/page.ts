@@ -6,11 +6,10 @@
  */
 import type { ChatMessage } from "../protocol.ts";
 import { ChatClient, ChatError } from "./chat-client.ts";
+import { isValidName, isValidRoom, MAX_NAME_LENGTH } from "./rules.ts";
 
 const NAME_KEY = "chat.name";
 const DEFAULT_ROOM = "lobby";
-// Same rule as roomProblem() in protocol.ts (importing it would bundle zod).
-const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 /** How long a typing notice shows without a new one. */
 const TYPING_SHOWN_MS = 4000;
 /** Within this many pixels of the bottom, new messages scroll into view. */
@@ -58,7 +57,7 @@ function make<K extends keyof HTMLElementTagNameMap>(
 
 function roomFromHash(): string {
   const raw = decodeURIComponent(location.hash.slice(1));
-  return ROOM_PATTERN.test(raw) ? raw : DEFAULT_ROOM;
+  return isValidRoom(raw) ? raw : DEFAULT_ROOM;
 }
 
 function storedName(): string {
@@ -357,9 +356,8 @@ function askName(message = ""): void {
 ui.joinForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const name = ui.name.value.trim();
-  // Same limits as the server's nameProblem(): 1-32 characters, no control characters.
-  if (name.length === 0 || [...name].length > 32 || /\p{Cc}/u.test(name)) {
-    ui.joinError.textContent = "A name is 1 to 32 characters.";
+  if (!isValidName(name)) {
+    ui.joinError.textContent = `A name is 1 to ${MAX_NAME_LENGTH} characters, without control characters.`;
     return;
   }
   try {
@@ -389,7 +387,7 @@ ui.older.addEventListener("click", () => void loadOlder());
 ui.roomForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const room = ui.roomInput.value.trim();
-  if (!ROOM_PATTERN.test(room)) return;
+  if (!isValidRoom(room)) return;
   if (room === roomFromHash() && client) {
     ui.input.focus();
     return;
@@ -411,5 +409,5 @@ document.addEventListener("visibilitychange", () => {
 });
 
 const initialName = storedName();
-if (initialName) start(initialName, roomFromHash());
+if (isValidName(initialName)) start(initialName, roomFromHash());
 else askName();

@@ -21,7 +21,9 @@ import {
   type ChatEvents,
   type WebSocketLike,
 } from "../../src/client/chat-client.ts";
+import { isValidName, isValidRoom, MAX_NAME_LENGTH, SUBPROTOCOL } from "../../src/client/rules.ts";
 import type { ChatMessage } from "../../src/protocol.ts";
+import * as protocol from "../../src/protocol.ts";
 import { track } from "../helpers/cleanup.ts";
 import { nodeTarget, type RunningServer, tempHistoryPath } from "../helpers/server.ts";
 
@@ -130,6 +132,28 @@ function client(server: RunningServer, opts: Partial<ChatClientOptions> = {}): C
 async function opened(c: ChatClient): Promise<void> {
   if (c.status !== "open") await nextEvent(c, "open");
 }
+
+describe("the client's copy of the protocol rules", () => {
+  it("agrees with protocol.ts", () => {
+    expect(SUBPROTOCOL).toBe(protocol.SUBPROTOCOL);
+    expect(MAX_NAME_LENGTH).toBe(protocol.MAX_NAME_LENGTH);
+    const names = ["ada", " ada ", "", "   ", "a".repeat(32), "a".repeat(33), "é".repeat(32), "😀".repeat(32)];
+    names.push(
+      "😀".repeat(33),
+      "tab\there",
+      "nul\u0000",
+      "del\u007f",
+      "c1\u0085",
+      "rlo\u202egnp",
+      "iso\u2066",
+      "ls\u2028",
+    );
+    names.push("lone \ud800 surrogate", "<img src=x>", "Ada Lovelace", "日本語の名前");
+    for (const name of names) expect([name, isValidName(name)]).toEqual([name, protocol.nameProblem(name) === null]);
+    const rooms = ["lobby", "a", "A-Z_0.9", "", "x".repeat(64), "x".repeat(65), "has space", "ümlaut", "#hash", "a/b"];
+    for (const room of rooms) expect([room, isValidRoom(room)]).toEqual([room, protocol.roomProblem(room) === null]);
+  });
+});
 
 describe("ChatClient against a running server", () => {
   let server: RunningServer;
