@@ -87,6 +87,12 @@ export interface LoadResult {
   rssBeforeKiB: number | null;
   rssAfterKiB: number | null;
   rssPerConnKiB: number | null;
+  /**
+   * Server CPU time (user + system) over the sending phase and drain, and
+   * per delivery: less sensitive to a busy machine than deliveries/s.
+   */
+  serverCpuMs: number | null;
+  serverCpuMicrosPerDelivery: number | null;
   /** Frames received that carried no bench payload (welcome, presence, errors). */
   otherFrames: number;
   /** Why the run is not trustworthy, if it is not. */
@@ -183,6 +189,19 @@ function rssKiB(pid: number | undefined): number | null {
     const status = readFileSync(`/proc/${pid}/status`, "utf8");
     const m = /VmRSS:\s+(\d+) kB/.exec(status);
     return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** User + system CPU time of a process in ms, from /proc (Linux; clock ticks are 100 Hz there). */
+function cpuMs(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10;
   } catch {
     return null;
   }
@@ -359,6 +378,8 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
 
   let sent = 0;
   let sendMs = 0;
+  let cpuStart: number | null = null;
+  let serverCpuMs: number | null = null;
   if (spec.scenario === "idle") {
     await sleep(spec.holdMs ?? 2000);
   } else if (senderConns.length > 0) {
@@ -371,6 +392,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     if (live.some((c) => (c.tracks[first.index]?.max ?? -1) < 0)) errors.push("barrier message did not reach everyone");
     // The barrier message counts like any other.
     measuring = true;
+    cpuStart = cpuMs(spec.serverPid);
     const sendStart = performance.now();
     const timers: ReturnType<typeof setInterval>[] = [];
     if (rate > 0) {
@@ -398,6 +420,8 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     const expectedAll = sent * live.length;
     const drainEnd = performance.now() + drainMs;
     while (performance.now() < drainEnd && delivered < expectedAll) await sleep(10);
+    const cpuEnd = cpuMs(spec.serverPid);
+    if (cpuStart !== null && cpuEnd !== null) serverCpuMs = cpuEnd - cpuStart;
   }
   const rssAfterKiB = rssKiB(spec.serverPid);
 
@@ -438,6 +462,9 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
       rssBeforeKiB !== null && rssAfterKiB !== null && live.length > 0
         ? Math.round(((rssAfterKiB - rssBeforeKiB) / live.length) * 100) / 100
         : null,
+    serverCpuMs,
+    serverCpuMicrosPerDelivery:
+      serverCpuMs !== null && delivered > 0 ? Math.round((serverCpuMs * 1000 * 100) / delivered) / 100 : null,
     otherFrames,
     errors,
   };

@@ -10,7 +10,8 @@
  *
  * Options: --quick (a few seconds, for the smoke test), --runs N,
  * --targets a,b --scenarios fanout,saturation,idle, --loadgen bun|node,
- * --out DIR, --fanout-ms / --saturation-ms N, --idle-clients N.
+ * --out DIR, --fanout-ms / --saturation-ms N, --idle-clients N, --compare DIR
+ * (adds our Node rows run from another checkout, for before/after).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -32,6 +33,8 @@ interface Target {
   role: "ours" | "floor" | "ceiling";
   command: string[];
   env?: Record<string, string>;
+  /** Where the command runs. @default the repo root */
+  cwd?: string;
   /** WebSocket path and query. */
   path: string;
 }
@@ -93,6 +96,8 @@ interface Options {
   fanoutMs: number;
   saturationMs: number;
   idleClients: number;
+  /** Another checkout of this repo (e.g. `git archive` of an older commit) to run beside ours. */
+  compare: string | null;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -106,6 +111,7 @@ function parseArgs(argv: string[]): Options {
     fanoutMs: 8000,
     saturationMs: 5000,
     idleClients: 10_000,
+    compare: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -123,6 +129,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--fanout-ms") o.fanoutMs = Number(v());
     else if (a === "--saturation-ms") o.saturationMs = Number(v());
     else if (a === "--idle-clients") o.idleClients = Number(v());
+    else if (a === "--compare") o.compare = resolve(v());
     else throw new Error(`unknown option ${a}`);
   }
   if (o.quick) {
@@ -161,11 +168,11 @@ function hasTaskset(): boolean {
  * Runs `command` pinned to `cpu` (when taskset works) with the file limit
  * raised to the hard limit: 10,000 sockets need more than the usual 1024.
  */
-function spawnPinned(command: string[], cpu: number, env: Record<string, string>): ChildProcess {
+function spawnPinned(command: string[], cpu: number, env: Record<string, string>, cwd = ROOT): ChildProcess {
   const pin = twoCores ? ["taskset", "-c", String(cpu)] : [];
   const script = 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"';
   return spawn("sh", ["-c", script, "sh", ...pin, ...command], {
-    cwd: ROOT,
+    cwd,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -210,7 +217,7 @@ async function startTarget(t: Target): Promise<Started> {
     ...(t.role === "ours" ? OURS_ENV : {}),
     ...t.env,
   };
-  const child = spawnPinned(t.command, 0, env);
+  const child = spawnPinned(t.command, 0, env, t.cwd);
   let out = "";
   const keep = (c: Buffer) => {
     out = (out + c.toString()).slice(-20_000);
@@ -309,6 +316,7 @@ interface Summary {
   connectP99: number;
   rssPerConnKiB: number;
   rssAfterKiB: number;
+  cpuMicrosPerDelivery: number;
 }
 
 function summarize(rows: Row[], target: string, scenario: Scenario): Summary {
@@ -340,6 +348,7 @@ function summarize(rows: Row[], target: string, scenario: Scenario): Summary {
     connectP99: med((r) => r.connectLatency.p99),
     rssPerConnKiB: med((r) => r.rssPerConnKiB),
     rssAfterKiB: med((r) => r.rssAfterKiB),
+    cpuMicrosPerDelivery: med((r) => r.serverCpuMicrosPerDelivery),
   };
 }
 
@@ -366,8 +375,10 @@ function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o
     if (s === "fanout") {
       const f = specFor(s, o);
       out.push(`### Fan-out (${f.clients} clients, ${f.senders} senders x ${f.rate} msg/s for ${f.durationMs} ms)`, "");
-      out.push("| server | deliveries/s | lost / dup / reordered | p50 ms | p90 ms | p99 ms | max ms | p99 vs floor |");
-      out.push("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+      out.push(
+        "| server | deliveries/s | lost / dup / reordered | p50 ms | p90 ms | p99 ms | max ms | p99 vs floor | server CPU µs/delivery |",
+      );
+      out.push("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
       for (const [i, x] of rows.entries()) {
         if (x.runs === 0) {
           out.push(na(x));
@@ -376,7 +387,7 @@ function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o
         const floor = get(baselinesOf(targets[i]!).floor, s);
         const vs = targets[i]!.role === "ours" ? ratio(x.p99, floor?.p99) : "";
         out.push(
-          `| ${x.target} | ${fmt(x.deliveriesPerSec)} | ${x.lost} / ${x.duplicates} / ${x.reordered}${x.closedEarly ? ` (${x.closedEarly} closed)` : ""} | ${fmt(x.p50, 2)} | ${fmt(x.p90, 2)} | ${fmt(x.p99, 2)} | ${fmt(x.max, 1)} | ${vs} |`,
+          `| ${x.target} | ${fmt(x.deliveriesPerSec)} | ${x.lost} / ${x.duplicates} / ${x.reordered}${x.closedEarly ? ` (${x.closedEarly} closed)` : ""} | ${fmt(x.p50, 2)} | ${fmt(x.p90, 2)} | ${fmt(x.p99, 2)} | ${fmt(x.max, 1)} | ${vs} | ${fmt(x.cpuMicrosPerDelivery, 2)} |`,
         );
       }
     } else if (s === "saturation") {
@@ -386,9 +397,9 @@ function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o
         "",
       );
       out.push(
-        "| server | deliveries/s (median) | min - max | vs floor | vs ceiling | lost / dup / reordered | p99 ms |",
+        "| server | deliveries/s (median) | min - max | vs floor | vs ceiling | lost / dup / reordered | p99 ms | server CPU µs/delivery |",
       );
-      out.push("| --- | ---: | --- | ---: | ---: | --- | ---: |");
+      out.push("| --- | ---: | --- | ---: | ---: | --- | ---: | ---: |");
       for (const [i, x] of rows.entries()) {
         if (x.runs === 0) {
           out.push(na(x));
@@ -397,7 +408,7 @@ function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o
         const b = baselinesOf(targets[i]!);
         const ours = targets[i]!.role === "ours";
         out.push(
-          `| ${x.target} | ${fmt(x.deliveriesPerSec)} | ${fmt(x.deliveriesMin)} - ${fmt(x.deliveriesMax)} | ${ours ? ratio(x.deliveriesPerSec, get(b.floor, s)?.deliveriesPerSec) : ""} | ${ours ? ratio(x.deliveriesPerSec, get(b.ceiling, s)?.deliveriesPerSec) : ""} | ${x.lost} / ${x.duplicates} / ${x.reordered} | ${fmt(x.p99, 1)} |`,
+          `| ${x.target} | ${fmt(x.deliveriesPerSec)} | ${fmt(x.deliveriesMin)} - ${fmt(x.deliveriesMax)} | ${ours ? ratio(x.deliveriesPerSec, get(b.floor, s)?.deliveriesPerSec) : ""} | ${ours ? ratio(x.deliveriesPerSec, get(b.ceiling, s)?.deliveriesPerSec) : ""} | ${x.lost} / ${x.duplicates} / ${x.reordered} | ${fmt(x.p99, 1)} | ${fmt(x.cpuMicrosPerDelivery, 2)} |`,
         );
       }
     } else {
@@ -438,7 +449,14 @@ function machine(): Record<string, unknown> {
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
-  const targets = o.targets ? TARGETS.filter((t) => o.targets?.includes(t.name)) : TARGETS;
+  const all = [...TARGETS];
+  if (o.compare) {
+    // The same Node rows from the other checkout, for before/after measurements.
+    for (const t of TARGETS.filter((x) => x.role === "ours" && x.runtime === "node")) {
+      all.push({ ...t, name: `${t.name} (compare)`, cwd: o.compare });
+    }
+  }
+  const targets = o.targets ? all.filter((t) => o.targets?.some((n) => t.name.startsWith(n))) : all;
   if (targets.length === 0) throw new Error(`no target matches; known: ${TARGETS.map((t) => t.name).join(", ")}`);
   const before = machine();
   const started = new Date().toISOString();

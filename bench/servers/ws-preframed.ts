@@ -3,12 +3,13 @@
  * `Sender.frame`) and the same bytes are written to every open socket, as
  * Socket.IO's engine does. Nothing per recipient but the write itself.
  */
+import * as ws from "ws";
 import { WebSocket, WebSocketServer } from "ws";
 
 /** ws's per-connection TCP socket: private, but stable across ws 8 (pinned). */
 type Raw = WebSocket & { _socket: { write(b: Buffer): boolean } };
 /** `Sender.frame` is public in ws but missing from @types/ws. */
-const { Sender } = WebSocket as unknown as {
+const { Sender } = ws as unknown as {
   Sender: { frame(data: Buffer, options: Record<string, unknown>): Buffer[] };
 };
 

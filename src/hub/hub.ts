@@ -11,11 +11,29 @@ export interface ChatSocket {
   close(code: number, reason: string): void;
   /** Bytes queued for this client and not yet written to the network. */
   bufferedAmount(): number;
+  /**
+   * Optional: sends a frame that many sockets send alike. A runtime that can
+   * frame it once for all (ws on Node) keeps the framed bytes on the
+   * {@link SharedFrame}; without this method, `send(frame.text)` is used.
+   */
+  sendShared?(frame: SharedFrame): void;
+}
+
+/**
+ * One frame for many recipients: the room serializes a message once, and the
+ * first socket that needs a wire form makes it and leaves it here for the
+ * others, so a broadcast costs one serialization and one framing in all.
+ */
+export class SharedFrame {
+  /** The runtime's wire form (ws: header and payload in one Buffer), made once. */
+  framed: unknown = undefined;
+
+  constructor(readonly text: string) {}
 }
 
 interface Held {
   id: string | null;
-  text: string;
+  text: string | SharedFrame;
 }
 
 /**
@@ -46,14 +64,19 @@ export class Member {
     return !this.#closing;
   }
 
-  /** Sends one pre-serialized frame; `id` is the message id it carries, if any. */
-  deliver(text: string, id: string | null = null): void {
+  /**
+   * Sends one pre-serialized frame (a {@link SharedFrame} when the same frame
+   * goes to many members); `id` is the message id it carries, if any.
+   */
+  deliver(text: string | SharedFrame, id: string | null = null): void {
     if (this.#closing) return;
     if (this.#held) {
       this.#held.push({ id, text });
       return;
     }
-    this.socket.send(text);
+    if (typeof text === "string") this.socket.send(text);
+    else if (this.socket.sendShared) this.socket.sendShared(text);
+    else this.socket.send(text.text);
     this.checkBacklog();
   }
 

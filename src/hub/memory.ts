@@ -8,7 +8,7 @@ import {
   serialize,
 } from "../protocol.ts";
 import type { HistoryStore } from "../store/store.ts";
-import type { Broadcaster, Draft, Hub, Member } from "./hub.ts";
+import { type Broadcaster, type Draft, type Hub, type Member, SharedFrame } from "./hub.ts";
 
 /** One room's members on this instance. */
 export class LocalRoom {
@@ -68,7 +68,8 @@ export class LocalRoom {
     const echo = sender !== null && cid !== undefined ? serialize({ ...message, cid } satisfies EchoFrame) : null;
     const b = this.broadcaster;
     if (!b) {
-      for (const m of this.members) m.deliver(echo !== null && m === sender ? echo : text, message.id);
+      const shared = new SharedFrame(text);
+      for (const m of this.members) m.deliver(echo !== null && m === sender ? echo : shared, message.id);
       return;
     }
     for (const m of this.#promote()) m.deliver(echo !== null && m === sender ? echo : text, message.id);

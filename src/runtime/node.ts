@@ -12,6 +12,7 @@ import { serve, upgradeWebSocket } from "@hono/node-server";
 import { serveStatic } from "@hono/node-server/serve-static";
 import Database from "better-sqlite3";
 import type { WSContext } from "hono/ws";
+import * as wsModule from "ws";
 import { type WebSocket, WebSocketServer } from "ws";
 import { type Config, ConfigError, loadConfig } from "../config.ts";
 import type { ChatSocket } from "../hub/hub.ts";
@@ -36,15 +37,58 @@ export function createWsServer(config: Config): WebSocketServer {
   });
 }
 
-/** Our socket on `ws` directly: Hono's WSContext adds nothing on the send path. */
-function toSocket(ws: WSContext, id: string): ChatSocket {
+/**
+ * The part of a `ws` WebSocket that is not public: its TCP socket. ws 8
+ * writes every frame there (Sender#sendFrame), and `bufferedAmount` counts
+ * what waits in it, so bytes we write there ourselves keep the slow-consumer
+ * rule working. ws is pinned (package.json) and
+ * test/unit/node-shared-frame.test.ts fails if this changes.
+ */
+interface WsInternals {
+  _socket: { write(data: Buffer): boolean };
+}
+
+/** `Sender.frame` is a public static of ws (Socket.IO's engine uses it) but @types/ws lacks it. */
+const { Sender } = wsModule as unknown as {
+  Sender: { frame(data: Buffer, options: Record<string, unknown>): Buffer[] };
+};
+const TEXT_FRAME = { fin: true, opcode: 1, mask: false, readOnly: false, rsv1: false };
+
+/** A server-to-client text frame (unmasked), header and payload in one Buffer. */
+export function frameText(text: string): Buffer {
+  const parts = Sender.frame(Buffer.from(text), TEXT_FRAME);
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+/**
+ * Our socket on `ws` directly: Hono's WSContext adds nothing on the send
+ * path. A message for a whole room is framed once ({@link frameText}) and
+ * the same Buffer is written to every socket in one write each, instead of
+ * ws encoding and framing the text again for every recipient. Connections
+ * with permessage-deflate need their own compressed frame: they use `send`.
+ */
+export function toSocket(ws: WSContext, id: string): ChatSocket {
   const raw = ws.raw as WebSocket;
-  return {
+  const socket: ChatSocket = {
     id,
     send: (text) => raw.send(text),
     close: (code, reason) => raw.close(code, reason),
     bufferedAmount: () => raw.bufferedAmount,
   };
+  if (raw.extensions === "") {
+    const tcp = (raw as unknown as WsInternals)._socket;
+    socket.sendShared = (frame) => {
+      // ws.send drops frames once closing starts; so do we.
+      if (raw.readyState !== 1) return;
+      let bytes = frame.framed as Buffer | undefined;
+      if (bytes === undefined) {
+        bytes = frameText(frame.text);
+        frame.framed = bytes;
+      }
+      tcp.write(bytes);
+    };
+  }
+  return socket;
 }
 
 /**

@@ -1,0 +1,149 @@
+/**
+ * The Node fast path writes one pre-framed Buffer to each ws connection's TCP
+ * socket, a private part of ws (`_socket`). These cases fail if a ws upgrade
+ * moves it or changes what `bufferedAmount` counts, before users see it.
+ */
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import type { WSContext } from "hono/ws";
+import { describe, expect, it } from "vitest";
+import { WebSocket, WebSocketServer } from "ws";
+import { Member, SharedFrame } from "../../src/hub/hub.ts";
+import { frameText, toSocket } from "../../src/runtime/node.ts";
+import { track } from "../helpers/cleanup.ts";
+
+const require = createRequire(import.meta.url);
+
+/** A ws server on port 0 and a client connected to it; resolves with both ends. */
+async function pair(perMessageDeflate = false): Promise<{ server: WebSocket; client: WebSocket }> {
+  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, perMessageDeflate });
+  track(() => new Promise<void>((r) => wss.close(() => r())));
+  await new Promise<void>((r) => wss.once("listening", () => r()));
+  const address = wss.address();
+  const port = typeof address === "object" && address !== null ? address.port : 0;
+  const serverSide = new Promise<WebSocket>((r) => wss.once("connection", (ws) => r(ws)));
+  const client = new WebSocket(`ws://127.0.0.1:${port}`, { perMessageDeflate });
+  track(() => client.terminate());
+  await new Promise<void>((r, j) => {
+    client.once("open", () => r());
+    client.once("error", j);
+  });
+  const server = await serverSide;
+  track(() => server.terminate());
+  return { server, client };
+}
+
+const asContext = (raw: WebSocket) => ({ raw }) as unknown as WSContext;
+
+function collect(client: WebSocket, n: number): Promise<string[]> {
+  const got: string[] = [];
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`got ${got.length} of ${n} frames`)), 5000);
+    client.on("message", (data: Buffer, isBinary: boolean) => {
+      expect(isBinary).toBe(false);
+      got.push(data.toString("utf8"));
+      if (got.length === n) {
+        clearTimeout(timer);
+        resolve(got);
+      }
+    });
+  });
+}
+
+describe("ws pre-framed sends (src/runtime/node.ts)", () => {
+  it("runs on the ws version whose internals it was written for", () => {
+    const pkg = JSON.parse(readFileSync(require.resolve("ws/package.json"), "utf8")) as { version: string };
+    const ours = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+      dependencies: Record<string, string>;
+    };
+    // A change here means: re-read ws's lib/websocket.js and lib/sender.js
+    // (where frames are written, what bufferedAmount counts), then update.
+    expect(ours.dependencies.ws).toBe("8.23.0");
+    expect(pkg.version).toBe("8.23.0");
+  });
+
+  it("frames text as RFC 6455 unmasked text frames of every length class", () => {
+    for (const [length, headerBytes, marker] of [
+      [5, 2, 5],
+      [125, 2, 125],
+      [126, 4, 126],
+      [65535, 4, 126],
+      [65536, 10, 127],
+    ] as const) {
+      const text = "a".repeat(length);
+      const frame = frameText(text);
+      expect(frame.length).toBe(headerBytes + length);
+      expect(frame[0]).toBe(0x81); // FIN + text opcode, no RSV bits
+      expect(frame[1]).toBe(marker); // no mask bit
+      expect(frame.subarray(headerBytes).toString()).toBe(text);
+    }
+    const utf8 = "héllo ✓ 🙂";
+    expect(frameText(utf8)[1]).toBe(Buffer.byteLength(utf8));
+  });
+
+  it("writes shared frames to the TCP socket in order with ordinary sends", async () => {
+    const { server, client } = await pair();
+    const socket = toSocket(asContext(server), "t1");
+    expect(socket.sendShared).toBeTypeOf("function");
+    // The private part the fast path writes to.
+    expect(typeof (server as unknown as { _socket?: { write?: unknown } })._socket?.write).toBe("function");
+    const texts = ['{"n":1}', "héllo ✓ 🙂", "x".repeat(70_000), '{"n":4}', "y".repeat(300)];
+    const received = collect(client, texts.length * 2);
+    const shared = texts.map((t) => new SharedFrame(t));
+    for (const [i, t] of texts.entries()) {
+      socket.send(`plain ${t}`);
+      socket.sendShared!(shared[i]!);
+    }
+    expect(await received).toEqual(texts.flatMap((t) => [`plain ${t}`, t]));
+    // Framed once, kept on the frame for the next socket.
+    expect(Buffer.isBuffer(shared[0]!.framed)).toBe(true);
+  });
+
+  it("frames once for many sockets", async () => {
+    const a = await pair();
+    const b = await pair();
+    const frame = new SharedFrame('{"type":"message","message":"hi"}');
+    const gotA = collect(a.client, 1);
+    const gotB = collect(b.client, 1);
+    toSocket(asContext(a.server), "a").sendShared!(frame);
+    const first = frame.framed;
+    toSocket(asContext(b.server), "b").sendShared!(frame);
+    expect(frame.framed).toBe(first);
+    expect(await gotA).toEqual([frame.text]);
+    expect(await gotB).toEqual([frame.text]);
+  });
+
+  it("counts shared bytes in bufferedAmount, so a client that does not read is closed with 1013", async () => {
+    const { server, client } = await pair();
+    // The client stops reading: the kernel buffers fill, then ws's socket queue.
+    (client as unknown as { _socket: { pause(): void } })._socket.pause();
+    const closed = new Promise<number>((r) => server.once("close", (code: number) => r(code)));
+    let slow = 0;
+    const member = new Member(toSocket(asContext(server), "slow"), null, "seed", 1024 * 1024, () => slow++);
+    member.release(null, null);
+    const frame = new SharedFrame("z".repeat(60_000));
+    for (let i = 0; i < 2000 && member.open; i++) member.deliver(frame, null);
+    expect(member.open).toBe(false);
+    expect(slow).toBe(1);
+    expect(server.bufferedAmount).toBeGreaterThan(1024 * 1024);
+    (client as unknown as { _socket: { resume(): void } })._socket.resume();
+    expect(await closed).toBe(1013);
+  });
+
+  it("sends nothing once the connection is closing", async () => {
+    const { server, client } = await pair();
+    const socket = toSocket(asContext(server), "c");
+    server.close(1000, "bye");
+    expect(() => socket.sendShared!(new SharedFrame("late"))).not.toThrow();
+    const frames: string[] = [];
+    client.on("message", (d: Buffer) => frames.push(d.toString()));
+    await new Promise<void>((r) => client.once("close", () => r()));
+    expect(frames).toEqual([]);
+  });
+
+  it("leaves compressed connections to ws (each needs its own deflated frame)", async () => {
+    const { server } = await pair(true);
+    expect(server.extensions).toContain("permessage-deflate");
+    expect(toSocket(asContext(server), "z").sendShared).toBeUndefined();
+  });
+});
