@@ -170,17 +170,17 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
     await say(ada, "written while offline");
 
     own = await nodeTarget.start({ PORT: port }, { historyPath });
-    await expect.poll(() => grace.page.locator("#banner").isHidden(), { timeout: 15_000 }).toBe(true);
+    await expect.poll(() => grace.page.locator("#banner.offline").count(), { timeout: 15_000 }).toBe(0);
     await say(grace, "sent in the gap 1");
     await say(grace, "sent in the gap 2");
     await expect
       .poll(() => confirmedTexts(grace))
       .toEqual(["before the restart", "sent in the gap 1", "sent in the gap 2"]);
-    expect(await ada.page.locator("#banner").isVisible()).toBe(true);
+    expect(await ada.page.locator("#banner.offline").textContent()).toContain("Disconnected");
     expect(await confirmedTexts(ada)).toEqual(["before the restart"]);
 
     await ada.context.setOffline(false);
-    await expect.poll(() => ada.page.locator("#banner").isHidden(), { timeout: 15_000 }).toBe(true);
+    await expect.poll(() => ada.page.locator("#banner.offline").count(), { timeout: 15_000 }).toBe(0);
     const expected = ["before the restart", "sent in the gap 1", "sent in the gap 2", "written while offline"];
     await expect.poll(() => confirmedTexts(ada)).toEqual(expected);
     await expect.poll(() => confirmedTexts(grace)).toEqual(expected);
