@@ -22,6 +22,7 @@ import { createLogger } from "../observability/pino.ts";
 import { PrometheusMetrics } from "../observability/prometheus.ts";
 import { selectSubprotocol } from "../protocol.ts";
 import { buildServer } from "../server.ts";
+import { nulSafeNodeSqlite } from "../store/node-sqlite.ts";
 import type { SqliteDatabase } from "../store/sqlite.ts";
 
 /** The slice of the Deno namespace used here. */
@@ -137,7 +138,7 @@ export async function main(env: Record<string, string | undefined> = Deno.env.to
     upgradeWebSocket: contractUpgrade((2 * config.heartbeatMs) / 1000),
     toSocket,
     serveStatic: serveStatic({ root: STATIC_ROOT }),
-    openSqlite: (path) => new DatabaseSync(path),
+    openSqlite: (path) => nulSafeNodeSqlite(new DatabaseSync(path)),
     ensureDir: (path) => Deno.mkdirSync(path, { recursive: true }),
   });
 

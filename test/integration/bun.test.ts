@@ -3,7 +3,7 @@
  * suite with every capability on, plus the runtime-sensitive cases.
  */
 import { spawnTarget } from "../helpers/server.ts";
-import { runtimeCases } from "./runtime.cases.ts";
+import { runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
 import { serverSuite } from "./server.suite.ts";
 
 /** `bun run src/index.ts` from the repo's own devDependency (npm install brings it). */
@@ -11,3 +11,10 @@ export const bunTarget = spawnTarget("bun", ["node_modules/.bin/bun", "run", "sr
 
 serverSuite(bunTarget);
 runtimeCases(bunTarget);
+sqliteDriverCase("bun:sqlite", [
+  "node_modules/.bin/bun",
+  "run",
+  "--preload",
+  "./test/runtimes/bun-imports.ts",
+  "test/runtimes/sqlite-store.run.ts",
+]);

@@ -3,7 +3,7 @@
  * black-box suite, plus the runtime-sensitive cases.
  */
 import { spawnTarget } from "../helpers/server.ts";
-import { runtimeCases } from "./runtime.cases.ts";
+import { runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
 import { serverSuite } from "./server.suite.ts";
 
 /** `deno run -A src/index.ts` from the repo's own devDependency (npm install brings it). */
@@ -18,3 +18,10 @@ serverSuite(denoTarget, {
   utf8Close: false,
 });
 runtimeCases(denoTarget);
+sqliteDriverCase("node:sqlite", [
+  "node_modules/.bin/deno",
+  "run",
+  "-A",
+  "--import-map=test/runtimes/deno-imports.json",
+  "test/runtimes/sqlite-store.run.ts",
+]);

@@ -5,10 +5,18 @@
  * does read (Deno counts a frame as buffered until its async write is done).
  * Run against the Bun and Deno entries next to the shared suite.
  */
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
+import { SqliteStore } from "../../src/store/sqlite.ts";
+import { trackForFile } from "../helpers/cleanup.ts";
 import { connect } from "../helpers/client.ts";
 import type { ServerTarget } from "../helpers/server.ts";
+import { fixtureMessages } from "../runtimes/fixture.ts";
 
 /** The handshake answer's status and Sec-WebSocket-Protocol, read with a raw request. */
 function handshake(url: string, protocols: string): Promise<{ status: number; protocol: string | undefined }> {
@@ -91,5 +99,50 @@ export function runtimeCases(target: ServerTarget): void {
       raw.resume();
       expect((await stuck.waitClosed(10_000)).code).toBe(1013);
     });
+  });
+}
+
+/** Runs `command` to its end (bounded), with its output. */
+function run(command: string[], env: Record<string, string>): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve, reject) => {
+    const [bin, ...args] = command;
+    const child = spawn(bin!, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d: Buffer) => {
+      output += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      output += d.toString();
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.once("error", reject);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, output });
+    });
+  });
+}
+
+/**
+ * The store contract over a runtime's own SQLite driver (vitest runs under
+ * Node, so test/runtimes/sqlite-store.run.ts runs in the runtime), and one
+ * data file each way between that driver and better-sqlite3.
+ */
+export function sqliteDriverCase(driver: string, command: string[]): void {
+  it(`${driver}: the store contract passes, and data files move to and from better-sqlite3`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "chat-driver-"));
+    trackForFile(() => rmSync(dir, { recursive: true, force: true }));
+    const fromNode = join(dir, "node.db");
+    const toNode = join(dir, "other.db");
+    const node = new SqliteStore(new Database(fromNode));
+    for (const m of fixtureMessages("from-node")) await node.append(m);
+    await node.close();
+    const { code, output } = await run(command, { CHAT_READ_DB: fromNode, CHAT_WRITE_DB: toNode, CHAT_TMP_DIR: dir });
+    expect(code, output).toBe(0);
+    expect(Number(output.match(/(\d+) pass(ed)?\b/)?.[1]), output).toBeGreaterThanOrEqual(15);
+    expect(Number(output.match(/(\d+) fail(ed)?\b/)?.[1]), output).toBe(0);
+    const back = new SqliteStore(new Database(toNode));
+    expect(await back.latest(driver, 100)).toEqual(fixtureMessages(driver));
+    await back.close();
   });
 }
