@@ -305,6 +305,15 @@ export class ChatClient {
   }
 
   /**
+   * Checks the connection now instead of at the next ping: a socket that
+   * looks open but no longer answers (a laptop back from sleep, a phone
+   * that changed networks) is replaced within `pongTimeoutMs`.
+   */
+  checkConnection(): void {
+    if (this.#socket) this.#ping(this.#socket);
+  }
+
+  /**
    * Sends a message. Resolves with the stored message (its id and server
    * time) when the server echoes it, rejects with a {@link ChatError} whose
    * `code` is the server's (`message_too_long`, `rate_limited`, ...). While
@@ -510,14 +519,17 @@ export class ChatClient {
   #startPing(socket: WebSocketLike): void {
     const interval = this.#opts.pingIntervalMs ?? 20_000;
     if (interval <= 0) return;
-    this.#pingTimer = setInterval(() => {
-      if (this.#socket !== socket || this.#deadTimer) return;
-      this.#raw({ type: "ping" });
-      this.#deadTimer = setTimeout(
-        () => this.#drop(socket, CLIENT_CLOSE.DeadConnection, "no pong"),
-        this.#opts.pongTimeoutMs ?? 10_000,
-      );
-    }, interval);
+    this.#pingTimer = setInterval(() => this.#ping(socket), interval);
+  }
+
+  /** Pings; without any frame back within pongTimeoutMs the connection is dropped and replaced. */
+  #ping(socket: WebSocketLike): void {
+    if (this.#socket !== socket || this.#deadTimer || !this.#welcomed) return;
+    this.#raw({ type: "ping" });
+    this.#deadTimer = setTimeout(
+      () => this.#drop(socket, CLIENT_CLOSE.DeadConnection, "no pong"),
+      this.#opts.pongTimeoutMs ?? 10_000,
+    );
   }
 
   #frame(frame: ServerFrame): void {

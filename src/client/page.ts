@@ -263,12 +263,14 @@ function send(text: string): void {
   ui.messages.append(li);
   scrollToBottom();
   client.send(text).catch((error: unknown) => {
+    const stick = nearBottom();
     const i = pending.indexOf(entry);
     if (i >= 0) pending.splice(i, 1);
     li.classList.remove("pending");
     li.classList.add("failed");
     li.append(make("p", "failure", describeError(error)));
     placeConfirmed(li);
+    if (stick) scrollToBottom();
   });
 }
 
@@ -349,6 +351,8 @@ function askName(message = ""): void {
   ui.rename.hidden = true;
   ui.join.hidden = false;
   ui.joinError.textContent = message;
+  ui.roomInput.value = roomFromHash();
+  ui.roomTitle.textContent = `#${roomFromHash()}`;
   ui.name.value = storedName();
   ui.name.focus();
 }
@@ -396,16 +400,31 @@ ui.roomForm.addEventListener("submit", (event) => {
 });
 
 window.addEventListener("hashchange", () => {
-  const name = storedName() || client?.user;
-  if (name && client?.room !== roomFromHash()) start(name, roomFromHash());
+  const room = roomFromHash();
+  if (!client) {
+    // Still on the name form: joining will use the new room.
+    ui.roomInput.value = room;
+    ui.roomTitle.textContent = `#${room}`;
+    return;
+  }
+  const name = client.user ?? storedName();
+  if (client.room !== room && isValidName(name)) start(name, room);
 });
 
 ui.rename.addEventListener("click", () => askName());
 
-// The backoff may be waiting up to its maximum: when the network is back, try at once.
-window.addEventListener("online", () => client?.retryNow());
+// The backoff may be waiting up to its maximum: when the network is back, try
+// at once. A socket that survived sleep or a network change may be dead without
+// knowing it: check it now rather than at the next ping.
+window.addEventListener("online", () => {
+  client?.retryNow();
+  client?.checkConnection();
+});
+window.addEventListener("offline", () => client?.checkConnection());
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible") client?.retryNow();
+  if (document.visibilityState !== "visible") return;
+  client?.retryNow();
+  client?.checkConnection();
 });
 
 const initialName = storedName();

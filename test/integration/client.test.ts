@@ -301,6 +301,27 @@ describe("ChatClient against a running server", () => {
     expect(net.connections).toBeGreaterThan(1);
   });
 
+  it("checkConnection() finds a dead connection without waiting for the next ping", async () => {
+    const { net, WebSocket: Flaky } = flakyNetwork();
+    const a = client(server, {
+      room: "check",
+      user: "ada",
+      WebSocket: Flaky,
+      pingIntervalMs: 60_000,
+      pongTimeoutMs: 200,
+    });
+    await opened(a);
+    a.checkConnection(); // alive: the pong keeps it
+    await new Promise((r) => setTimeout(r, 400));
+    expect(a.status).toBe("open");
+    net.blackhole = true;
+    a.checkConnection();
+    // Well before the next ping (60 s away) could notice.
+    await nextEvent(a, "status", (s) => s.status === "reconnecting", 3000);
+    net.blackhole = false;
+    await nextEvent(a, "open", (e) => e.resumed);
+  });
+
   it("settles a send whose echo was lost from the resume, and resends one the server never got: each stored once", async () => {
     const { net, WebSocket: Flaky } = flakyNetwork();
     const dying = { pingIntervalMs: 100, pongTimeoutMs: 200, connectTimeoutMs: 300 };
