@@ -23,9 +23,20 @@ import { buildServer } from "../server.ts";
 
 const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
 
+/**
+ * How long a server-side close waits for the client's close frame before the
+ * TCP connection is destroyed. ws waits 30 s by default; a client closed with
+ * 1013 for not reading would keep its MAX_BUFFERED_BYTES (and more) in memory
+ * all that time. A client that reads within this window still sees the
+ * 1013; one that does not sees the connection drop (1006).
+ */
+export const CLOSE_TIMEOUT_MS = 3000;
+
 /** The `ws` server, configured for the contract rather than ws's defaults. */
 export function createWsServer(config: Config): WebSocketServer {
-  return new WebSocketServer({
+  // `closeTimeout` exists since ws 8.18; @types/ws does not list it yet.
+  const options: ConstructorParameters<typeof WebSocketServer>[0] & { closeTimeout: number } = {
+    closeTimeout: CLOSE_TIMEOUT_MS,
     noServer: true,
     // ws closes with 1009 past this, before buffering the frame.
     maxPayload: config.maxFrameBytes,
@@ -34,7 +45,8 @@ export function createWsServer(config: Config): WebSocketServer {
     // chat.v1 only, and otherwise none (seed mode).
     handleProtocols: (offered) => selectSubprotocol([...offered].join(",")) ?? false,
     clientTracking: true,
-  });
+  };
+  return new WebSocketServer(options);
 }
 
 /**

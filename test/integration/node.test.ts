@@ -8,6 +8,7 @@ import { get } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { CLOSE_TIMEOUT_MS } from "../../src/runtime/node.ts";
 import { trackForFile } from "../helpers/cleanup.ts";
 import { connect } from "../helpers/client.ts";
 import { nodeTarget } from "../helpers/server.ts";
@@ -88,5 +89,32 @@ describe("node only", () => {
     const big = "compress me ".repeat(1000);
     on.send({ user: "zip", message: big.slice(0, 2000) });
     expect(await on.waitFor("message")).toMatchObject({ user: "zip", message: big.slice(0, 2000) });
+  });
+
+  it("a client closed with 1013 that never reads again is dropped after CLOSE_TIMEOUT_MS, not ws's 30 s", async () => {
+    const server = await nodeTarget.start({ RATE_LIMIT: "0", MAX_MESSAGE_LENGTH: "60000" });
+    const health = async () =>
+      (await (await fetch(`${server.url}/healthz`, { signal: AbortSignal.timeout(3000) })).json()) as {
+        connections: number;
+      };
+    const slowClosed = async () =>
+      /^chat_slow_consumers_total (\d+)/m.exec(
+        await (await fetch(`${server.url}/metrics`, { signal: AbortSignal.timeout(3000) })).text(),
+      )?.[1] === "1";
+    const slow = await connect(`${server.wsUrl}?room=stall`);
+    const reader = await connect(`${server.wsUrl}?room=stall`);
+    (slow.ws as unknown as { _socket: import("node:net").Socket })._socket.pause();
+    const text = "s".repeat(59_000);
+    // Paced by the reader; bounded: 400 messages (~24 MB) is far past any loopback buffer.
+    for (let i = 0; i < 400 && !(i % 40 === 0 && i > 0 && (await slowClosed())); i += 8) {
+      for (let k = i; k < i + 8; k++) reader.send({ user: "flood", message: `${k} ${text}` });
+      await reader.collect((f) => f.type === "message", 8, 10_000);
+    }
+    expect(await slowClosed()).toBe(true);
+    const closedAt = Date.now();
+    // The server's session count drops once ws destroys the stalled TCP connection.
+    const deadline = closedAt + CLOSE_TIMEOUT_MS + 5000;
+    while ((await health()).connections > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect((await health()).connections).toBe(1);
   });
 });
