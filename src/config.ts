@@ -76,6 +76,8 @@ const schema = z.object({
   TLS_KEY: z.string().min(1).optional(),
   /** permessage-deflate for WebSocket frames. @default false */
   WS_COMPRESSION: flag.default(false),
+  /** Bun only: room fan-out through Bun's topic publish (framed once); false sends to each member. @default true */
+  BUN_TOPICS: flag.default(true),
   /** Longest a graceful shutdown waits before it exits anyway. @default 4000 */
   SHUTDOWN_TIMEOUT_MS: int(0, 60000).default(4000),
 });
@@ -105,6 +107,8 @@ export interface Config {
   logFormat: "text" | "json";
   tls: { cert: string; key: string } | undefined;
   wsCompression: boolean;
+  /** Bun only: fan-out through Bun's topic publish. */
+  bunTopics: boolean;
   shutdownTimeoutMs: number;
 }
 
@@ -162,6 +166,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     logFormat: e.LOG_FORMAT,
     tls: e.TLS_CERT && e.TLS_KEY ? { cert: e.TLS_CERT, key: e.TLS_KEY } : undefined,
     wsCompression: e.WS_COMPRESSION,
+    bunTopics: e.BUN_TOPICS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
   };
 }

@@ -103,7 +103,7 @@ export async function main(env: Record<string, string | undefined> = process.env
     serveStatic: serveStatic({ root: STATIC_ROOT }),
     openSqlite: (path) => new Database(path, { create: true }),
     ensureDir: (path) => mkdirSync(path, { recursive: true }),
-    broadcaster: topicBroadcaster(() => server!),
+    ...(config.bunTopics ? { broadcaster: topicBroadcaster(() => server!) } : {}),
   });
 
   // hono/bun echoes the first offered protocol; the contract selects chat.v1

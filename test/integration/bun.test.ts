@@ -11,6 +11,12 @@ export const bunTarget = spawnTarget("bun", ["node_modules/.bin/bun", "run", "sr
 
 serverSuite(bunTarget);
 runtimeCases(bunTarget);
+// The per-member fan-out (as on Node), which the benchmark compares with topics.
+runtimeCases(
+  spawnTarget("bun, BUN_TOPICS=false", ["node_modules/.bin/bun", "run", "src/index.ts"], {
+    env: { BUN_TOPICS: "false" },
+  }),
+);
 sqliteDriverCase("bun:sqlite", [
   "node_modules/.bin/bun",
   "run",

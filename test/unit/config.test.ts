@@ -26,6 +26,7 @@ describe("loadConfig defaults", () => {
       logFormat: "text",
       tls: undefined,
       wsCompression: false,
+      bunTopics: true,
       shutdownTimeoutMs: 4000,
     });
   });
@@ -91,6 +92,7 @@ describe("loadConfig values", () => {
       logFormat: "json",
       tls: { cert: "c.pem", key: "k.pem" },
       wsCompression: true,
+      bunTopics: true,
       shutdownTimeoutMs: 100,
     });
   });
