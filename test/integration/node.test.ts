@@ -117,4 +117,23 @@ describe("node only", () => {
     while ((await health()).connections > 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     expect((await health()).connections).toBe(1);
   });
+
+  // Regression guard for anything that holds frames back within a turn (corking,
+  // batching): what counts against MAX_BUFFERED_BYTES must be what a client
+  // has not read, not what the server has not yet handed to the kernel.
+  it("a burst larger than MAX_BUFFERED_BYTES to clients that keep reading closes none of them", async () => {
+    const server = await nodeTarget.start({ RATE_LIMIT: "0", MAX_MESSAGE_LENGTH: "60000" });
+    const url = `${server.wsUrl}?room=burst`;
+    const reader = await connect(url);
+    const senders = [await connect(url), await connect(url)];
+    const text = "b".repeat(55_000);
+    const per = 20; // 2 x 20 x 55 KB = 2.2 MB, sent at once
+    for (let k = 0; k < per; k++) {
+      for (const [i, s] of senders.entries()) s.send({ user: `s${i}`, message: `${k} ${text}` });
+    }
+    for (const c of [reader, ...senders]) {
+      expect(await c.collect((f) => f.type === "message", per * senders.length, 15_000)).toHaveLength(per * 2);
+      expect(c.closeInfo).toBeNull();
+    }
+  });
 });
