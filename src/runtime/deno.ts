@@ -1,5 +1,6 @@
 /**
- * Deno entry: Deno.serve with hono/deno's upgrade helper, node:sqlite
+ * Deno entry: Deno.serve with a Hono WebSocket helper over
+ * Deno.upgradeWebSocket (see below why not hono/deno's), node:sqlite
  * (DatabaseSync, the same file format as better-sqlite3 and bun:sqlite) for
  * history, and Deno's own ping/pong for the heartbeat.
  *
@@ -9,13 +10,12 @@
  * ws under Deno would send 1007, but gives up Deno.serve, the point of this
  * entry; the suite records the gap (utf8Close: false).
  *
- * hono/deno is marked deprecated in favour of @hono/deno, but no @hono/deno
- * is published (npm view: 404), so the helper that ships with hono 4 it is.
+ * hono/deno (for serveStatic) is marked deprecated in favour of @hono/deno,
+ * but no @hono/deno is published (npm view: 404), so hono 4's it is.
  */
 import { fileURLToPath } from "node:url";
-import type { MiddlewareHandler } from "hono";
-import { upgradeWebSocket as denoUpgradeWebSocket, serveStatic } from "hono/deno";
-import type { UpgradeWebSocket, WSContext } from "hono/ws";
+import { serveStatic } from "hono/deno";
+import { defineWebSocketHelper, type UpgradeWebSocket, WSContext, type WSReadyState } from "hono/ws";
 import { type Config, ConfigError, loadConfig } from "../config.ts";
 import type { ChatSocket } from "../hub/hub.ts";
 import { createLogger } from "../observability/pino.ts";
@@ -33,6 +33,7 @@ declare const Deno: {
   readTextFileSync(path: string): string;
   addSignalListener(signal: "SIGTERM" | "SIGINT", handler: () => void): void;
   exit(code: number): never;
+  upgradeWebSocket(req: Request, options: { idleTimeout: number }): { response: Response; socket: WebSocket };
   serve(
     options: Record<string, unknown> & { onListen?: (addr: { port: number }) => void },
     handler: (req: Request) => Response | Promise<Response>,
@@ -42,35 +43,45 @@ declare const Deno: {
 const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
 
 /**
- * hono/deno passes the first offered protocol to Deno.upgradeWebSocket,
- * which also throws unless the header lists it with ", " separators (so
- * `ws`'s "a,b" fails the upgrade). The contract selects chat.v1 wherever it
- * is offered, else none: we pass no protocol and name it on the 101
- * ourselves (Deno lets the response's headers be set).
+ * Deno's upgrade as a Hono WebSocket helper, built the way hono/deno builds
+ * its own (defineWebSocketHelper), because that one bends four rules: it
+ * echoes the first offered protocol; it hands that to Deno.upgradeWebSocket,
+ * which throws unless the header lists it with ", " (`ws` sends "a,b"); it
+ * compares `Upgrade` case-sensitively (404 for "WebSocket"); and Deno's
+ * TypeError on a malformed handshake becomes a 500.
+ * @param idleTimeout seconds; Deno pings at half of it and closes (1001)
+ *   when no pong came; 0 turns it off
  */
-function contractUpgrade(idleTimeout: number): UpgradeWebSocket {
-  const upgrade = (createEvents: Parameters<UpgradeWebSocket>[0]) => {
-    // `idleTimeout`: Deno pings at half of it and closes (1001) when no pong came.
-    const inner = denoUpgradeWebSocket(createEvents as never, { protocol: undefined, idleTimeout });
-    const handler: MiddlewareHandler = async (c, next) => {
-      // Read before the upgrade: after it Deno refuses to read the request.
-      const protocol = selectSubprotocol(c.req.header("sec-websocket-protocol"));
-      let res: Response | undefined;
-      try {
-        res = (await inner(c, next)) ?? undefined;
-      } catch (error) {
-        // Deno.upgradeWebSocket throws a TypeError for a malformed handshake
-        // (no key, wrong version): the client's fault, not a 500.
-        if (!(error instanceof TypeError)) throw error;
-        return c.json({ error: `not a valid WebSocket handshake: ${error.message}` }, 400);
-      }
-      if (res && res.status === 101 && protocol) res.headers.set("sec-websocket-protocol", protocol);
-      return res;
-    };
-    return handler;
-  };
-  // createChat uses only this (createEvents) form of the helper.
-  return upgrade as unknown as UpgradeWebSocket;
+function upgradeWebSocket(idleTimeout: number): UpgradeWebSocket {
+  return defineWebSocketHelper(async (c, events) => {
+    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") return;
+    const protocol = selectSubprotocol(c.req.header("sec-websocket-protocol"));
+    let upgraded: { response: Response; socket: WebSocket };
+    try {
+      upgraded = Deno.upgradeWebSocket(c.req.raw, { idleTimeout });
+    } catch (error) {
+      if (!(error instanceof TypeError)) throw error;
+      return c.json({ error: `not a valid WebSocket handshake: ${error.message}` }, 400);
+    }
+    const { response, socket } = upgraded;
+    // Named on the 101 ourselves (its headers may be set), not through Deno.
+    if (protocol) response.headers.set("sec-websocket-protocol", protocol);
+    const ws = new WSContext({
+      send: (data) => socket.send(data),
+      close: (code, reason) => socket.close(code, reason),
+      raw: socket,
+      get readyState() {
+        return socket.readyState as WSReadyState;
+      },
+      url: null,
+      protocol,
+    });
+    socket.onopen = (e) => events.onOpen?.(e, ws);
+    socket.onmessage = (e) => events.onMessage?.(e, ws);
+    socket.onclose = (e) => events.onClose?.(e, ws);
+    socket.onerror = (e) => events.onError?.(e, ws);
+    return response;
+  });
 }
 
 /** Counts event-loop turns, lazily: one timer however many sockets send. */
@@ -135,7 +146,7 @@ export async function main(env: Record<string, string | undefined> = Deno.env.to
     metrics: new PrometheusMetrics(),
     runtime: `deno ${Deno.version.deno}`,
     // Two missed pings: Deno's timeout is the whole window (0 turns it off).
-    upgradeWebSocket: contractUpgrade((2 * config.heartbeatMs) / 1000),
+    upgradeWebSocket: upgradeWebSocket((2 * config.heartbeatMs) / 1000),
     toSocket,
     serveStatic: serveStatic({ root: STATIC_ROOT }),
     openSqlite: (path) => nulSafeNodeSqlite(new DatabaseSync(path)),

@@ -19,12 +19,16 @@ import type { ServerTarget } from "../helpers/server.ts";
 import { fixtureMessages } from "../runtimes/fixture.ts";
 
 /** The handshake answer's status and Sec-WebSocket-Protocol, read with a raw request. */
-function handshake(url: string, protocols: string): Promise<{ status: number; protocol: string | undefined }> {
+function handshake(
+  url: string,
+  protocols: string,
+  upgrade = "websocket",
+): Promise<{ status: number; protocol: string | undefined }> {
   return new Promise((resolve, reject) => {
     const req = request(url, {
       headers: {
         Connection: "Upgrade",
-        Upgrade: "websocket",
+        Upgrade: upgrade,
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
         "Sec-WebSocket-Version": "13",
         "Sec-WebSocket-Protocol": protocols,
@@ -56,6 +60,8 @@ export function runtimeCases(target: ServerTarget): void {
       expect(await handshake(url, "x-other,chat.v1")).toEqual({ status: 101, protocol: "chat.v1" });
       expect(await handshake(url, "x-other, chat.v1, y")).toEqual({ status: 101, protocol: "chat.v1" });
       expect(await handshake(url, "x-other")).toEqual({ status: 101, protocol: undefined });
+      // The Upgrade token is case-insensitive (RFC 7230 6.7).
+      expect(await handshake(url, "chat.v1", "WebSocket")).toEqual({ status: 101, protocol: "chat.v1" });
       const c = await connect(`${server.wsUrl}?user=ann`, { protocols: ["x-other", "chat.v1"] });
       expect(c.protocol).toBe("chat.v1");
       expect((await c.next()).type).toBe("welcome");
