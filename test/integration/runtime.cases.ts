@@ -96,7 +96,7 @@ export function runtimeCases(target: ServerTarget): void {
         i++;
         if (i % 200 === 0) {
           // the reader keeps up: every message reaches it
-          expect((await reader.collect("message", 200, 5000)).at(-1)?.message).toBe(`${i - 1} ${big}`);
+          expect((await reader.collect("message", 200, 10_000)).at(-1)?.message).toBe(`${i - 1} ${big}`);
           const metrics = await (await fetch(`${server.url}/metrics`)).text();
           slow = /^chat_slow_consumers_total 1$/m.test(metrics);
         }
