@@ -309,13 +309,26 @@ function start(name: string, room: string): void {
     backoff: { initialMs: 400, factor: 1.6, maxMs: 6000 },
   });
   client = c;
-  let welcomed = false;
+  // Messages that come with a welcome (the recent history, or what a resume
+  // caught up on) are announced as a count, not one by one; live ones are read.
+  let catchingUp: number | null = null;
   unsubscribe = [
-    c.on("message", (m) => showMessage(m, welcomed)),
+    c.on("message", (m) => {
+      showMessage(m, catchingUp === null);
+      if (catchingUp !== null) catchingUp++;
+    }),
     c.on("open", (e) => {
       showUsers(e.users);
       setBanner(e.resumed ? "Reconnected." : null, "online");
       if (e.resumed) bannerTimer = setTimeout(() => setBanner(null), 2500);
+      // The client delivers the welcome's messages right after this event, synchronously.
+      catchingUp = 0;
+      queueMicrotask(() => {
+        if (e.resumed && catchingUp)
+          announce(`${catchingUp} new message${catchingUp === 1 ? "" : "s"} while disconnected`);
+        catchingUp = null;
+        updateOlder();
+      });
     }),
     c.on("gap", () => notice("Some messages from while you were away could not be recovered.")),
     c.on("presence", (p) => {
@@ -333,13 +346,6 @@ function start(name: string, room: string): void {
     }),
     c.on("error", (e) => notice(e.message)),
   ];
-  // The welcome's history is not "new" to a screen reader; live messages are.
-  unsubscribe.push(
-    c.on("open", () => {
-      welcomed = true;
-      updateOlder();
-    }),
-  );
   c.connect();
   ui.input.focus();
 }

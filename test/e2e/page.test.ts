@@ -125,6 +125,8 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
     expect(await ada.page.locator("#join").isHidden()).toBe(true);
     await expect.poll(() => confirmedTexts(ada)).toEqual(["hello grace", "on my way"]);
     expect(await ada.page.locator("#messages li.message.own .text").allTextContents()).toEqual(["hello grace"]);
+    // The history that comes with the page is shown, not read out one by one.
+    expect(await ada.page.locator("#announce").textContent()).toBe("");
 
     // Switching rooms by keyboard: the URL names the room, the list is that room's.
     await ada.page.locator("#room-input").fill("elsewhere");
@@ -183,6 +185,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
     await expect.poll(() => ada.page.locator("#banner.offline").count(), { timeout: 15_000 }).toBe(0);
     const expected = ["before the restart", "sent in the gap 1", "sent in the gap 2", "written while offline"];
     await expect.poll(() => confirmedTexts(ada)).toEqual(expected);
+    await expect.poll(() => ada.page.locator("#announce").textContent()).toContain("2 new messages while disconnected");
     await expect.poll(() => confirmedTexts(grace)).toEqual(expected);
     await ada.page.waitForTimeout(200); // room for a duplicate to show up
     expect(await texts(ada)).toEqual(expected);
