@@ -4,11 +4,10 @@
  * compression), better-sqlite3 for history, and the heartbeat.
  */
 import { mkdirSync, readFileSync } from "node:fs";
-import { type IncomingMessage, type Server, STATUS_CODES } from "node:http";
+import type { Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import type { Duplex } from "node:stream";
 import { fileURLToPath } from "node:url";
-import { serve, upgradeWebSocket } from "@hono/node-server";
+import { serve } from "@hono/node-server";
 import { serveStatic } from "@hono/node-server/serve-static";
 import Database from "better-sqlite3";
 import type { WSContext } from "hono/ws";
@@ -20,6 +19,7 @@ import { createLogger } from "../observability/pino.ts";
 import { PrometheusMetrics } from "../observability/prometheus.ts";
 import { selectSubprotocol } from "../protocol.ts";
 import { buildServer } from "../server.ts";
+import { handleUpgrades, upgradeWebSocket } from "./node-ws.ts";
 
 const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
 
@@ -69,6 +69,9 @@ interface WsInternals {
  */
 const corked: Array<() => void> = [];
 
+/** Most bytes a socket holds corked before it writes them out within the turn. */
+const FLUSH_BYTES = 64 * 1024;
+
 function flushCorked(): void {
   // Uncorking can run callbacks that fan out again; those cork anew.
   const list = corked.splice(0);
@@ -106,15 +109,14 @@ export function toSocket(ws: WSContext, id: string): ChatSocket {
     const tcp = (raw as unknown as WsInternals)._socket;
     let isCorked = false;
     /**
-     * Bytes written while corked this turn. They sit in the socket's buffer
-     * only because of the cork, not because the client is slow, so the
-     * slow-consumer rule must not count them: a healthy client that gets a
-     * burst larger than MAX_BUFFERED_BYTES in one turn would be closed with
-     * 1013 (test/integration/node.test.ts, "a burst larger than ...").
-     * Whatever the kernel has not taken after the uncork counts next time.
+     * Bytes written since the cork. Past FLUSH_BYTES the socket is uncorked
+     * (one writev) and corked again: the kernel takes what a reading client
+     * can take, and only what it refuses stays in the socket's buffer, where
+     * bufferedAmount counts it. Without this, a burst of one turn would sit
+     * corked in full and a client that reads would be closed with 1013
+     * (test/integration/node.test.ts, "a burst larger than ...").
      */
     let corkedBytes = 0;
-    socket.bufferedAmount = () => Math.max(0, raw.bufferedAmount - corkedBytes);
     const uncork = () => {
       isCorked = false;
       corkedBytes = 0;
@@ -133,8 +135,13 @@ export function toSocket(ws: WSContext, id: string): ChatSocket {
         tcp.cork();
         if (corked.push(uncork) === 1) process.nextTick(flushCorked);
       }
-      corkedBytes += bytes.length;
       tcp.write(bytes);
+      corkedBytes += bytes.length;
+      if (corkedBytes >= FLUSH_BYTES) {
+        corkedBytes = 0;
+        tcp.uncork();
+        tcp.cork();
+      }
     };
   }
   return socket;
@@ -160,36 +167,6 @@ function startHeartbeat(wss: WebSocketServer, intervalMs: number): () => void {
   }, intervalMs);
   timer.unref();
   return () => clearInterval(timer);
-}
-
-/**
- * @hono/node-server answers a refused upgrade with the status alone
- * (Content-Length: 0), but the contract wants the JSON error body too. We
- * write the whole response to the socket ourselves and destroy it; the adapter
- * then sees a destroyed socket and writes nothing more.
- */
-function withUpgradeErrors(fetch: (req: Request, env: unknown) => Response | Promise<Response>) {
-  return async (req: Request, env: { incoming?: IncomingMessage }): Promise<Response> => {
-    const res = await fetch(req, env);
-    const socket = env.incoming?.socket as Duplex | undefined;
-    const isUpgrade = req.headers.get("upgrade")?.toLowerCase() === "websocket";
-    if (!isUpgrade || !socket || res.status < 400 || socket.destroyed) return res;
-    const body = Buffer.from(await res.arrayBuffer());
-    const head = [
-      `HTTP/1.1 ${res.status} ${STATUS_CODES[res.status] ?? "Error"}`,
-      "Connection: close",
-      `Content-Length: ${body.length}`,
-    ];
-    res.headers.forEach((value, key) => {
-      if (key !== "content-length" && key !== "connection") head.push(`${key}: ${value}`);
-    });
-    await new Promise<void>((resolve) => {
-      socket.write(Buffer.concat([Buffer.from(`${head.join("\r\n")}\r\n\r\n`), body]), () => resolve());
-      socket.once("error", () => resolve());
-    });
-    socket.destroy();
-    return res;
-  };
 }
 
 export async function main(env: Record<string, string | undefined> = process.env): Promise<void> {
@@ -220,10 +197,9 @@ export async function main(env: Record<string, string | undefined> = process.env
   const tls = config.tls;
   const server = serve(
     {
-      fetch: withUpgradeErrors(chat.app.fetch) as typeof chat.app.fetch,
+      fetch: chat.app.fetch,
       port: config.port,
       hostname: config.host,
-      websocket: { server: wss },
       ...(tls
         ? {
             createServer: createHttpsServer,
@@ -236,6 +212,9 @@ export async function main(env: Record<string, string | undefined> = process.env
       logger.info({ url: `${scheme}://${config.host}:${info.port}`, port: info.port }, "listening");
     },
   ) as Server;
+  // Our own upgrade handling (./node-ws.ts), not the adapter's `websocket`
+  // option: it keeps nothing of the request alive per connection.
+  handleUpgrades(server, wss, chat.app.fetch);
   server.on("error", (error) => {
     logger.error({ err: String(error) }, "server error");
     process.exit(1);
