@@ -183,3 +183,9 @@ function waitListening(name: string, child: ChildProcess, env: Record<string, st
 
 /** The Node entry, as `npm start` runs it but without npm in between (so signals reach it). */
 export const nodeTarget: ServerTarget = spawnTarget("node", ["node", "--import", "tsx", "src/index.ts"]);
+
+/** The Bun entry, `bun run src/index.ts`, from the repo's own devDependency (`npm install` brings it). */
+export const bunTarget: ServerTarget = spawnTarget("bun", ["node_modules/.bin/bun", "run", "src/index.ts"]);
+
+/** The Deno entry, `deno run -A src/index.ts`, from the repo's own devDependency. */
+export const denoTarget: ServerTarget = spawnTarget("deno", ["node_modules/.bin/deno", "run", "-A", "src/index.ts"]);

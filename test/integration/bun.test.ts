@@ -2,12 +2,9 @@
  * The Bun entry (`bun run src/index.ts`) as a real process: the black-box
  * suite with every capability on, plus the runtime-sensitive cases.
  */
-import { spawnTarget } from "../helpers/server.ts";
+import { bunTarget, spawnTarget } from "../helpers/server.ts";
 import { runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
 import { serverSuite } from "./server.suite.ts";
-
-/** `bun run src/index.ts` from the repo's own devDependency (npm install brings it). */
-export const bunTarget = spawnTarget("bun", ["node_modules/.bin/bun", "run", "src/index.ts"]);
 
 serverSuite(bunTarget);
 runtimeCases(bunTarget);

@@ -2,12 +2,9 @@
  * The Deno entry (`deno run -A src/index.ts`) as a real process: the
  * black-box suite, plus the runtime-sensitive cases.
  */
-import { spawnTarget } from "../helpers/server.ts";
-import { runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
+import { bunTarget, denoTarget, nodeTarget } from "../helpers/server.ts";
+import { historyMovesCase, runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
 import { serverSuite } from "./server.suite.ts";
-
-/** `deno run -A src/index.ts` from the repo's own devDependency (npm install brings it). */
-export const denoTarget = spawnTarget("deno", ["node_modules/.bin/deno", "run", "-A", "src/index.ts"]);
 
 serverSuite(denoTarget, {
   // Deno validates UTF-8 itself (fastwebsockets) and on a bad text frame drops
@@ -25,3 +22,4 @@ sqliteDriverCase("node:sqlite", [
   "--import-map=test/runtimes/deno-imports.json",
   "test/runtimes/sqlite-store.run.ts",
 ]);
+historyMovesCase([nodeTarget, bunTarget, denoTarget]);

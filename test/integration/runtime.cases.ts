@@ -15,7 +15,7 @@ import { describe, expect, it } from "vitest";
 import { SqliteStore } from "../../src/store/sqlite.ts";
 import { trackForFile } from "../helpers/cleanup.ts";
 import { connect } from "../helpers/client.ts";
-import type { ServerTarget } from "../helpers/server.ts";
+import { type ServerTarget, tempHistoryPath } from "../helpers/server.ts";
 import { fixtureMessages } from "../runtimes/fixture.ts";
 
 /** The handshake answer's status and Sec-WebSocket-Protocol, read with a raw request. */
@@ -150,5 +150,30 @@ export function sqliteDriverCase(driver: string, command: string[]): void {
     const back = new SqliteStore(new Database(toNode));
     expect(await back.latest(driver, 100)).toEqual(fixtureMessages(driver));
     await back.close();
+  });
+}
+
+/**
+ * One HISTORY_PATH served in turn by each target (each stopped with SIGTERM
+ * before the next starts): every message written by one is in the next one's
+ * welcome, and ids keep increasing across them.
+ */
+export function historyMovesCase(targets: ServerTarget[]): void {
+  it(`one data file serves ${targets.map((t) => t.name).join(" -> ")} in turn`, async () => {
+    const historyPath = tempHistoryPath();
+    const sent: string[] = [];
+    let lastId = "";
+    for (const target of targets) {
+      const server = await target.start({}, { historyPath });
+      const c = await connect(`${server.wsUrl}?room=moves&user=${target.name}`, { protocols: "chat.v1" });
+      const welcome = await c.waitFor("welcome");
+      expect((welcome.history as Record<string, unknown>[]).map((m) => m.message)).toEqual(sent);
+      c.send({ message: `written by ${target.name} ✓\u0000` });
+      const echo = await c.waitFor("message");
+      expect((echo.id as string) > lastId).toBe(true);
+      lastId = echo.id as string;
+      sent.push(`written by ${target.name} ✓\u0000`);
+      expect((await server.stop()).code).toBe(0);
+    }
   });
 }
