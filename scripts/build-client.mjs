@@ -3,8 +3,9 @@
 //
 // The bundle is committed, because `bun run src/index.ts`, `deno run -A
 // src/index.ts` and wrangler serve static/ without going through npm scripts.
-// `npm start`, the Bun/Deno npm starts and `npm test` rebuild it first;
-// `--check` fails when the committed file is not what the sources build to.
+// `npm start` and the Bun, Deno and wrangler npm scripts rebuild it first;
+// `--check` (run by the test suite, test/e2e/page.test.ts) fails when the
+// committed file is not what the sources build to, so it cannot go stale.
 import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";

@@ -11,9 +11,6 @@ node scripts/test-setup.mjs
 npx biome check .
 npx tsc -p .
 
-# The page's bundle (static/app.bundle.js) from src/client, so the e2e tests drive the current client.
-node scripts/build-client.mjs
-
 mkdir -p test-artifacts
 status=0
 npx vitest run --reporter=default --reporter=json --outputFile=test-artifacts/vitest.json "$@" || status=$?

@@ -4,8 +4,10 @@
  * shows the banner and the page catches up on what it missed, older messages
  * load, and the phone-width layout is captured in test-artifacts/.
  */
+import { execFile } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import { resolve } from "node:path";
+import { promisify } from "node:util";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
 import { beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
@@ -28,6 +30,17 @@ interface Person {
   dialogs: string[];
   errors: string[];
 }
+
+describe("the page's bundle", () => {
+  it("is what src/client builds to (static/app.bundle.js is committed for runtimes started without npm)", async () => {
+    const root = resolve(import.meta.dirname, "../..");
+    const result = await promisify(execFile)("node", ["scripts/build-client.mjs", "--check"], { cwd: root }).then(
+      () => "current",
+      (error: { stderr?: string }) => error.stderr ?? String(error),
+    );
+    expect(result).toBe("current");
+  });
+});
 
 describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
   let browser: Browser;
