@@ -76,6 +76,7 @@ function topicBroadcaster(server: () => BunServer): Broadcaster {
   };
 }
 
+/** Starts the chat on Bun (`bun run src/index.ts`); config from the environment. */
 export async function main(env: Record<string, string | undefined> = process.env): Promise<void> {
   let config: Config;
   try {
@@ -133,8 +134,9 @@ export async function main(env: Record<string, string | undefined> = process.env
       maxPayloadLength: config.maxFrameBytes,
       perMessageDeflate: config.wsCompression,
       // Member closes a reader past MAX_BUFFERED_BYTES with 1013 right after
-      // the send that crossed it; Bun's own limit (which drops frames
-      // silently) sits well above so it never acts first.
+      // the send (or publish) that crossed it, so no `drain` handler is
+      // needed (hono/bun forwards none); Bun's own limit, which drops frames
+      // silently, sits well above so it never acts first.
       backpressureLimit: Math.max(16 * 1024 * 1024, 4 * config.maxBufferedBytes),
       closeOnBackpressureLimit: false,
       // Our heartbeat below keeps HEARTBEAT_MS exactly (Bun's is in seconds).

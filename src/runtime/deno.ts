@@ -125,6 +125,7 @@ function toSocket(ws: WSContext, id: string): ChatSocket {
   };
 }
 
+/** Starts the chat on Deno (`deno run -A src/index.ts`); config from the environment. */
 export async function main(env: Record<string, string | undefined> = Deno.env.toObject()): Promise<void> {
   let config: Config;
   try {
