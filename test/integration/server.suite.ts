@@ -918,6 +918,52 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
     });
 
     describe("raw TCP", () => {
+      it("clients that vanish mid-handshake, mid-frame or right after opening do not hurt the server", async () => {
+        const port = Number(new URL(server.url).port);
+        const room = freshRoom();
+        const vanish: Promise<unknown>[] = [];
+        for (let i = 0; i < 10; i++) {
+          // Half a handshake, then a reset.
+          const sock = netConnect(port, "127.0.0.1");
+          vanish.push(
+            new Promise<void>((resolve) => {
+              sock.once("connect", () => {
+                sock.write(`GET /websocket?room=${room} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: webs`);
+                sock.resetAndDestroy();
+                resolve();
+              });
+              sock.once("error", () => resolve());
+            }),
+          );
+        }
+        for (let i = 0; i < 10; i++) {
+          const c = await seed(server, room);
+          // A frame header announcing 1000 masked bytes, then 10 of them, then a reset.
+          const raw = (c.ws as unknown as { _socket: import("node:net").Socket })._socket;
+          raw.write(Buffer.concat([Buffer.from([0x81, 0xfe, 0x03, 0xe8, 1, 2, 3, 4]), Buffer.alloc(10, 7)]));
+          raw.resetAndDestroy();
+          vanish.push(c.closed);
+        }
+        for (let i = 0; i < 10; i++) {
+          const c = await connect(`${server.wsUrl}?room=${room}&user=v${i}`, { protocols: SUB });
+          c.ws.terminate();
+          vanish.push(c.closed);
+        }
+        await Promise.all(vanish);
+        const after = await seed(server, room);
+        await say(after, "still", "here");
+        // Nobody who vanished stays listed (the server may see the resets a little later).
+        let users: unknown;
+        for (let i = 0; i < 30; i++) {
+          const { c, welcome } = await v1(server, room, "last");
+          users = welcome.users;
+          await c.close();
+          if (JSON.stringify(users) === '["last"]') break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        expect(users).toEqual(["last"]);
+      });
+
       it("garbage instead of a handshake does not hurt the server", async () => {
         const sock = netConnect(Number(new URL(server.url).port), "127.0.0.1");
         await new Promise<void>((resolve, reject) => {
