@@ -680,6 +680,18 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
         const fresh = await c.waitFor(isMsg);
         expect((fresh.id as string) > (stored.at(-1)!.id as string)).toBe(true);
       });
+
+      it("SIGINT shuts down the same way", async () => {
+        const s = await target.start();
+        const room = freshRoom();
+        const a = await seed(s, room);
+        const { c: b } = await v1(s, room, "bea");
+        const result = await s.stop("SIGINT");
+        expect(result.code).toBe(0);
+        expect(result.ms).toBeLessThan(5000);
+        expect((await a.waitClosed(2000)).code).toBe(1001);
+        expect((await b.waitClosed(2000)).code).toBe(1001);
+      });
     });
 
     describe("unlimited server (RATE_LIMIT=0, MAX_MESSAGE_LENGTH=60000; MAX_BUFFERED_BYTES default)", () => {
