@@ -254,6 +254,14 @@ function describeError(error: unknown): string {
   }
 }
 
+/** The reconnect banner's text, kept so that sends while offline can add their count. */
+let offlineBanner = "";
+
+function showOfflineBanner(): void {
+  const n = client?.queued ?? 0;
+  setBanner(`${offlineBanner}${n > 0 ? ` ${n} message${n === 1 ? "" : "s"} will be sent then.` : ""}`);
+}
+
 function send(text: string): void {
   if (!client) return;
   const li = messageItem({ user: client.user ?? storedName(), message: text }, true);
@@ -262,7 +270,9 @@ function send(text: string): void {
   pending.push(entry);
   ui.messages.append(li);
   scrollToBottom();
-  client.send(text).catch((error: unknown) => {
+  const sent = client.send(text);
+  if (client.status === "reconnecting") showOfflineBanner();
+  sent.catch((error: unknown) => {
     const stick = nearBottom();
     const i = pending.indexOf(entry);
     if (i >= 0) pending.splice(i, 1);
@@ -339,9 +349,8 @@ function start(name: string, room: string): void {
     c.on("status", (s) => {
       if (s.status === "connecting") setBanner("Connecting…");
       else if (s.status === "reconnecting") {
-        const wait = s.retryInMs === undefined ? "" : ` in ${Math.max(1, Math.ceil(s.retryInMs / 1000))} s`;
-        const queued = c.queued > 0 ? ` ${c.queued} message${c.queued === 1 ? "" : "s"} will be sent then.` : "";
-        setBanner(`Disconnected. Reconnecting${wait}…${queued}`);
+        offlineBanner = `Disconnected. Reconnecting${s.retryInMs === undefined ? "" : ` in ${Math.max(1, Math.ceil(s.retryInMs / 1000))} s`}…`;
+        showOfflineBanner();
       }
     }),
     c.on("error", (e) => notice(e.message)),

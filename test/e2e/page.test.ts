@@ -183,6 +183,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
     // Keep ada away while grace is back, so grace's messages land in ada's gap.
     await ada.context.setOffline(true);
     await say(ada, "written while offline");
+    await expect.poll(() => ada.page.locator("#banner").textContent()).toContain("1 message will be sent then.");
 
     own = await nodeTarget.start({ PORT: port }, { historyPath });
     await expect.poll(() => grace.page.locator("#banner.offline").count(), { timeout: 15_000 }).toBe(0);
