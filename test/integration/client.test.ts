@@ -155,6 +155,32 @@ describe("the client's copy of the protocol rules", () => {
   });
 });
 
+describe("ChatClient backoff", () => {
+  it("grows the delay by the factor up to the maximum, with the jitter taken off it", async () => {
+    const { net, WebSocket: Flaky } = flakyNetwork();
+    net.up = false;
+    let jitter = 0; // Math.random stand-in: 0 keeps the whole delay, 1 takes off the jitter fraction
+    const delays: number[] = [];
+    const c = new ChatClient({
+      url: "ws://127.0.0.1:9/websocket",
+      WebSocket: Flaky,
+      backoff: { initialMs: 10, factor: 2, maxMs: 80, jitter: 0.5 },
+      random: () => jitter,
+    });
+    track(() => c.close());
+    c.on("status", (s) => {
+      if (s.retryInMs !== undefined) delays.push(s.retryInMs);
+    });
+    await until(() => delays.length >= 6, "six retries");
+    expect(delays.slice(0, 6)).toEqual([10, 20, 40, 80, 80, 80]);
+    jitter = 1;
+    const before = delays.length;
+    await until(() => delays.length >= before + 2, "two more retries");
+    expect(delays.slice(before, before + 2)).toEqual([40, 40]);
+    expect(c.status).toBe("connecting"); // never opened: still the first connection
+  });
+});
+
 describe("ChatClient against a running server", () => {
   let server: RunningServer;
 
