@@ -73,6 +73,8 @@ export interface ChatEvents {
   gap: { since: string | null };
   /** Who is online changed. */
   presence: { users: string[]; joined?: string; left?: string };
+  /** Everything older than what was seen is loaded: {@link ChatClient.hasOlder} turned false. */
+  beginning: Record<string, never>;
   /** Someone else is typing. */
   typing: { user: string };
   /** An error frame that answers no pending send or request (e.g. rate limits on typing). */
@@ -135,6 +137,8 @@ interface PendingSend {
 interface PendingHistory {
   before: string;
   limit: number;
+  /** The one-message look behind the first welcome: not the app's, moves no cursor. */
+  probe: boolean;
   resolve: (m: ChatMessage[]) => void;
   reject: (e: ChatError) => void;
   timer: ReturnType<typeof setTimeout>;
@@ -179,6 +183,7 @@ export class ChatClient {
   /** Not sent yet: waiting for a connection. */
   #queue: PendingSend[] = [];
   #history: PendingHistory | null = null;
+  #probe: Promise<void> | null = null;
   #lastTypingAt = Number.NEGATIVE_INFINITY;
   #retryTimer: ReturnType<typeof setTimeout> | null = null;
   #pingTimer: ReturnType<typeof setInterval> | null = null;
@@ -352,21 +357,32 @@ export class ChatClient {
    * first (they are not emitted as `message` events: they are the past).
    * Resolves with [] when there is nothing older.
    */
-  loadOlder(limit = 50): Promise<ChatMessage[]> {
+  async loadOlder(limit = 50): Promise<ChatMessage[]> {
+    if (this.#probe) await this.#probe;
     // The server caps a page at 500; asking for more would make a full page look short.
     const n = Math.max(1, Math.min(500, Math.floor(limit)));
     const before = this.#oldestId;
-    if (before === null || !this.#hasOlder) return Promise.resolve([]);
-    if (!this.#canSend()) return Promise.reject(new ChatError("offline", "not connected"));
-    if (this.#history) return Promise.reject(new ChatError("invalid_frame", "a history request is already running"));
+    if (before === null || !this.#hasOlder) return [];
+    if (!this.#canSend()) throw new ChatError("offline", "not connected");
+    if (this.#history) throw new ChatError("invalid_frame", "a history request is already running");
+    return this.#requestHistory(before, n, false);
+  }
+
+  #requestHistory(before: string, limit: number, probe: boolean): Promise<ChatMessage[]> {
     return new Promise<ChatMessage[]>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#history = null;
         reject(new ChatError("timeout", "no history answer in time"));
       }, this.#opts.requestTimeoutMs ?? 10_000);
-      this.#history = { before, limit: n, resolve, reject, timer };
-      this.#raw({ type: "history", before, limit: n });
+      this.#history = { before, limit, probe, resolve, reject, timer };
+      this.#raw({ type: "history", before, limit });
     });
+  }
+
+  #noOlder(): void {
+    if (!this.#hasOlder) return;
+    this.#hasOlder = false;
+    this.#emit("beginning", {});
   }
 
   /** Closes the connection for good: pending sends and requests reject with `closed`, iterators end. */
@@ -607,9 +623,23 @@ export class ChatClient {
     if (w.recovered === false) this.#emit("gap", { since });
     const first = w.history[0];
     // A room whose first welcome is empty has no past to page through.
-    if (!resumed && !first) this.#hasOlder = false;
+    if (!resumed && !first) this.#noOlder();
     if (first && (this.#oldestId === null || first.id < this.#oldestId)) this.#oldestId = first.id;
     for (const m of w.history) this.#deliver(m);
+    if (!resumed && first && this.#hasOlder && !this.#history) {
+      // The welcome's size is the server's setting: one message more tells
+      // whether "load older" has anything to load.
+      this.#probe = this.#requestHistory(first.id, 1, true)
+        .then(
+          (older) => {
+            if (older.length === 0) this.#noOlder();
+          },
+          () => {}, // unknown: leave hasOlder as it is
+        )
+        .finally(() => {
+          this.#probe = null;
+        });
+    }
 
     // Sends that were on the wire when the connection dropped: the resume's
     // history shows whether the server stored them (the echo's cid is not
@@ -639,9 +669,11 @@ export class ChatClient {
     if (!h || (before !== undefined && before !== h.before)) return;
     clearTimeout(h.timer);
     this.#history = null;
-    const first = messages[0];
-    if (first && this.#oldestId !== null && first.id < this.#oldestId) this.#oldestId = first.id;
-    if (messages.length < h.limit) this.#hasOlder = false;
+    if (!h.probe) {
+      const first = messages[0];
+      if (first && this.#oldestId !== null && first.id < this.#oldestId) this.#oldestId = first.id;
+      if (messages.length < h.limit) this.#noOlder();
+    }
     h.resolve(messages);
   }
 

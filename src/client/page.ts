@@ -346,6 +346,7 @@ function start(name: string, room: string): void {
       if (p.left) stopTyping(p.left);
     }),
     c.on("typing", (t) => startTyping(t.user)),
+    c.on("beginning", () => updateOlder()),
     c.on("status", (s) => {
       if (s.status === "connecting") setBanner("Connecting…");
       else if (s.status === "reconnecting") {

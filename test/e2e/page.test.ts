@@ -241,6 +241,9 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
         await expect.poll(() => ada.page.locator("#typing").textContent()).toBe("grace is typing…");
         await grace.page.locator("#message").fill("");
       }
+      // A short room's welcome holds all of it: nothing older to offer.
+      await ada.page.locator("#history-start").waitFor({ state: "visible" });
+      expect(await ada.page.locator("#older").isHidden()).toBe(true);
       // Nothing wider than the screen: no sideways scrolling on a phone.
       expect(await ada.page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
       const background = await ada.page.evaluate(() => getComputedStyle(document.body).backgroundColor);

@@ -264,6 +264,22 @@ describe("ChatClient against a running server", () => {
     expect(fromWelcome).toHaveLength(50);
   });
 
+  it("knows when the welcome already holds the whole history (no 'load older' to offer)", async () => {
+    const writer = client(server, { room: "short", user: "writer" });
+    await opened(writer);
+    for (const t of ["a", "b", "c"]) await writer.send(t);
+    const reader = client(server, { room: "short", user: "reader" });
+    const seen = record(reader);
+    await nextEvent(reader, "beginning");
+    expect(reader.hasOlder).toBe(false);
+    expect(seen.map((m) => m.message)).toEqual(["a", "b", "c"]);
+    await expect(reader.loadOlder()).resolves.toEqual([]);
+    // A live message does not bring "older" back.
+    await writer.send("d");
+    await until(() => seen.length === 4, "the live message");
+    expect(reader.hasOlder).toBe(false);
+  });
+
   it("queues sends while offline (bounded) and sends them once, in order", async () => {
     const { net, WebSocket: Flaky } = flakyNetwork();
     net.up = false;
