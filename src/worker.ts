@@ -39,14 +39,14 @@ import type {
   Fetcher,
 } from "@cloudflare/workers-types/index.ts";
 import { type Context, Hono } from "hono";
-import { defineWebSocketHelper, WSContext, type WSReadyState } from "hono/ws";
+import { defineWebSocketHelper, WSContext, type WSEvents, type WSReadyState } from "hono/ws";
 import { authenticate, type Chat, createChat, originProblem, securityHeaders } from "./app.ts";
 import { type Config, loadConfig } from "./config.ts";
 import type { ChatSocket } from "./hub/hub.ts";
 import { MemoryHub } from "./hub/memory.ts";
 import { consoleLogger, type Logger } from "./observability/logger.ts";
 import { noopMetrics } from "./observability/metrics.ts";
-import { roomProblem, selectSubprotocol } from "./protocol.ts";
+import { CloseCode, roomProblem, selectSubprotocol } from "./protocol.ts";
 import { durableSqlite } from "./store/durable.ts";
 import { SqliteStore } from "./store/sqlite.ts";
 
@@ -153,44 +153,12 @@ function createFront(env: Env): Hono {
 /** Fetched responses have immutable headers; the middleware adds its own. */
 const copy = (res: Response): Response => new Response(res.body, res);
 
-/**
- * Our own upgrade inside the object. Hono's cloudflare-workers helper never
- * calls `onOpen` (so the welcome would wait for a client frame) and does not
- * answer `Sec-WebSocket-Protocol`; here the session opens at the upgrade and
- * the handshake selects `chat.v1` when offered.
- */
-const upgradeInObject = defineWebSocketHelper((c: Context, events) => {
-  const { WebSocketPair } = globalThis as unknown as { WebSocketPair: typeof CfWebSocketPair };
-  const pair = new WebSocketPair();
-  const client = pair[0];
-  const server = pair[1];
-  server.accept();
-  const protocol = selectSubprotocol(c.req.header("sec-websocket-protocol"));
-  const ws = new WSContext<CfWebSocket>({
-    raw: server,
-    protocol,
-    url: null,
-    get readyState() {
-      return server.readyState as WSReadyState;
-    },
-    send: (data) => server.send(data),
-    close: (code, reason) => server.close(code, reason),
-  });
-  server.addEventListener("message", (event) => events.onMessage?.(event as unknown as MessageEvent, ws));
-  server.addEventListener("close", (event) => events.onClose?.(event as unknown as CloseEvent, ws));
-  server.addEventListener("error", (event) => events.onError?.(event as unknown as Event, ws));
-  events.onOpen?.(new Event("open"), ws);
-  const headers: Record<string, string> = protocol ? { "sec-websocket-protocol": protocol } : {};
-  // `webSocket` is Workers' extension of ResponseInit (the 101 hands the client end over).
-  return new Response(null, { status: 101, webSocket: client, headers } as ResponseInit);
-});
-
-/** Workers' socket as the core's {@link ChatSocket}. */
-function workersSocket(ws: WSContext, id: string): ChatSocket {
-  const raw = ws.raw as CfWebSocket;
+/** Workers' socket as the core's {@link ChatSocket}; `muted` drops sends while a room is rebuilt. */
+function workersSocket(raw: CfWebSocket, id: string, muted: () => boolean): ChatSocket {
   return {
     id,
     send(text) {
+      if (muted()) return;
       // workerd throws on a socket that is closing; the close event that
       // follows ends the session, and a throw here would stop a room's fan-out.
       try {
@@ -208,13 +176,45 @@ function workersSocket(ws: WSContext, id: string): ChatSocket {
 }
 
 /**
+ * What a hibernated connection keeps (`serializeAttachment`): enough to
+ * replay its upgrade through the app when the object wakes.
+ */
+interface Attachment {
+  id: string;
+  /** The forwarded upgrade URL (room, user), without `since`. */
+  url: string;
+  protocol: string | null;
+}
+
+interface Connection {
+  events: WSEvents<CfWebSocket>;
+  ws: WSContext<CfWebSocket>;
+}
+
+/**
  * One room: its connections, its order and its history. The same app as the
- * other runtimes serves the forwarded /websocket and /rooms/:room/messages.
+ * other runtimes (createChat: Session, MemoryHub, SqliteStore) serves the
+ * forwarded /websocket and /rooms/:room/messages.
+ *
+ * Hibernation: sockets are accepted with `ctx.acceptWebSocket`, so an idle
+ * room is evicted from memory while its connections stay open. When an event
+ * wakes it, the constructor rebuilds the room before any event runs: each
+ * socket's upgrade is replayed through the app (same route, same Session)
+ * with the socket adopted instead of created, and every frame that replay
+ * produces (welcomes, `joined` presence of people who never left) is
+ * dropped. The ids continue from the store; a rebuilt connection starts with
+ * a full rate-limit bucket, which after the idle time hibernation needs
+ * (about 10 s) the default bucket (10, refilled 1/s) has anyway.
  */
 export class ChatRoom {
+  readonly #ctx: DurableObjectState;
   readonly #chat: Chat;
+  /** Open connections, by their attachment id. */
+  readonly #connections = new Map<string, Connection>();
+  #rebuilding = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
+    this.#ctx = ctx;
     // Origin and token were checked by the Worker, which alone can reach
     // this object; the name from the token arrives as `?user=`.
     const config: Config = { ...loadConfig(configVars(env)), authSecret: undefined, allowedOrigins: [] };
@@ -227,14 +227,122 @@ export class ChatRoom {
       store,
       logger,
       metrics: noopMetrics,
-      upgradeWebSocket: upgradeInObject,
-      toSocket: workersSocket,
+      upgradeWebSocket: this.#upgrade,
+      toSocket: (ws, id) => workersSocket(ws.raw as CfWebSocket, id, () => this.#rebuilding),
       runtime: "workerd",
     });
+    const hibernated = ctx.getWebSockets();
+    if (hibernated.length > 0) {
+      void ctx.blockConcurrencyWhile(() => this.#rebuild(hibernated, logger));
+    }
+  }
+
+  /**
+   * Our own upgrade. Hono's cloudflare-workers helper never calls `onOpen`
+   * (the welcome would wait for a client frame), does not answer
+   * `Sec-WebSocket-Protocol`, and cannot hibernate (honojs/hono#4506). Here
+   * the session opens at the upgrade, `chat.v1` is selected when offered, and
+   * the socket is accepted for hibernation. With `adopt` in the request's env
+   * it takes over an existing socket instead (the rebuild after a wake).
+   */
+  readonly #upgrade = defineWebSocketHelper((c: Context, events) => {
+    const adopt = (c.env as { adopt?: CfWebSocket } | undefined)?.adopt;
+    const protocol = selectSubprotocol(c.req.header("sec-websocket-protocol"));
+    let server: CfWebSocket;
+    let client: CfWebSocket | null = null;
+    if (adopt) {
+      server = adopt;
+    } else {
+      const { WebSocketPair } = globalThis as unknown as { WebSocketPair: typeof CfWebSocketPair };
+      const pair = new WebSocketPair();
+      client = pair[0];
+      server = pair[1];
+      const url = new URL(c.req.url);
+      url.searchParams.delete("since"); // a rebuilt session must not resume again
+      this.#ctx.acceptWebSocket(server);
+      server.serializeAttachment({ id: crypto.randomUUID(), url: url.href, protocol } satisfies Attachment);
+    }
+    const { id } = server.deserializeAttachment() as Attachment;
+    const ws = new WSContext<CfWebSocket>({
+      raw: server,
+      protocol,
+      url: null,
+      get readyState() {
+        return server.readyState as WSReadyState;
+      },
+      send: (data) => server.send(data),
+      close: (code, reason) => server.close(code, reason),
+    });
+    this.#connections.set(id, { events, ws });
+    events.onOpen?.(new Event("open"), ws);
+    if (!client) return new Response(null, { status: 204 });
+    const headers: Record<string, string> = protocol ? { "sec-websocket-protocol": protocol } : {};
+    // `webSocket` is Workers' extension of ResponseInit (the 101 hands the client end over).
+    return new Response(null, { status: 101, webSocket: client, headers } as ResponseInit);
+  });
+
+  async #rebuild(sockets: CfWebSocket[], logger: Logger): Promise<void> {
+    this.#rebuilding = true;
+    try {
+      for (const socket of sockets) {
+        const a = socket.deserializeAttachment() as Attachment | null;
+        const headers: Record<string, string> = { upgrade: "websocket" };
+        if (a?.protocol) headers["sec-websocket-protocol"] = a.protocol;
+        const res = a ? await this.#chat.app.fetch(new Request(a.url, { headers }), { adopt: socket }) : null;
+        if (res?.status !== 204) {
+          logger.error({ status: res?.status }, "could not rebuild a hibernated connection");
+          socket.close(CloseCode.InternalError, "connection lost its state; reconnect");
+        }
+      }
+      // Each session's join and welcome run on the synchronous SQL storage,
+      // so they settle within the microtasks of this turn: one timer turn
+      // later every frame of the replay has been sent (and dropped).
+      await new Promise((r) => setTimeout(r, 0));
+      logger.info({ connections: sockets.length }, "room rebuilt after hibernation");
+    } finally {
+      this.#rebuilding = false;
+    }
+  }
+
+  #connection(ws: CfWebSocket): Connection | undefined {
+    const a = ws.deserializeAttachment() as Attachment | null;
+    return a ? this.#connections.get(a.id) : undefined;
   }
 
   fetch(request: Request): Response | Promise<Response> {
     return this.#chat.app.fetch(request);
+  }
+
+  /** A frame from a (possibly hibernated) connection. */
+  webSocketMessage(ws: CfWebSocket, message: string | ArrayBuffer): void {
+    const conn = this.#connection(ws);
+    if (!conn) {
+      ws.close(CloseCode.InternalError, "unknown connection; reconnect");
+      return;
+    }
+    conn.events.onMessage?.({ data: message } as MessageEvent, conn.ws);
+  }
+
+  webSocketClose(ws: CfWebSocket, code: number, reason: string): void {
+    const a = ws.deserializeAttachment() as Attachment | null;
+    const conn = this.#connection(ws);
+    if (a) this.#connections.delete(a.id);
+    // A hibernatable socket does not answer the client's close by itself:
+    // without this the client waits out its close timeout and sees 1006.
+    // 1005 (no code given) may not be sent, so it is answered with 1000.
+    try {
+      ws.close(code === 1005 || code === 1006 ? 1000 : code, reason);
+    } catch {
+      // already closed from our side
+    }
+    conn?.events.onClose?.({ code, reason } as CloseEvent, conn.ws);
+  }
+
+  webSocketError(ws: CfWebSocket): void {
+    const a = ws.deserializeAttachment() as Attachment | null;
+    const conn = this.#connection(ws);
+    if (a) this.#connections.delete(a.id);
+    conn?.events.onError?.(new Event("error"), conn.ws);
   }
 }
 
