@@ -84,6 +84,11 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
       void dialog.dismiss();
     });
     page.on("pageerror", (error) => person.errors.push(error.message));
+    // A CSP violation is only reported on the console.
+    page.on("console", (message) => {
+      if (message.type() === "error" && /Content Security Policy/i.test(message.text()))
+        person.errors.push(message.text());
+    });
     await page.goto(`${(opts.server ?? server).url}/#${room}`);
     if (name !== null) {
       await page.locator("#name").focus();
@@ -163,6 +168,14 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
     expect(await ada.page.locator("#messages img, #messages script, #messages b").count()).toBe(0);
     expect(ada.dialogs).toEqual([]);
     expect(mallory.dialogs).toEqual([]);
+    expect([...ada.errors, ...mallory.errors]).toEqual([]);
+
+    // And a second line of defence: the page may run no inline script at all.
+    const res = await ada.page.request.get(`${server.url}/`);
+    const csp = res.headers()["content-security-policy"] ?? "";
+    expect(csp).toMatch(/script-src 'self'(;|$)/);
+    expect(csp).not.toContain("unsafe-inline");
+    expect(await res.text()).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/);
   });
 
   it("shows a banner while the server is down, then catches up on what another tab sent in the gap", async () => {
