@@ -2,8 +2,8 @@
  * The Bun entry (`bun run src/index.ts`) as a real process: the black-box
  * suite with every capability on, plus the runtime-sensitive cases.
  */
-import { bunTarget, spawnTarget } from "../helpers/server.ts";
-import { runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
+import { bunTarget, denoTarget, nodeTarget, spawnTarget } from "../helpers/server.ts";
+import { historyMovesCase, runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
 import { serverSuite } from "./server.suite.ts";
 
 serverSuite(bunTarget);
@@ -21,3 +21,4 @@ sqliteDriverCase("bun:sqlite", [
   "./test/runtimes/bun-imports.ts",
   "test/runtimes/sqlite-store.run.ts",
 ]);
+historyMovesCase([nodeTarget, bunTarget, denoTarget]);

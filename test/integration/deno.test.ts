@@ -2,8 +2,8 @@
  * The Deno entry (`deno run -A src/index.ts`) as a real process: the
  * black-box suite, plus the runtime-sensitive cases.
  */
-import { bunTarget, denoTarget, nodeTarget } from "../helpers/server.ts";
-import { historyMovesCase, runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
+import { denoTarget } from "../helpers/server.ts";
+import { runtimeCases, sqliteDriverCase } from "./runtime.cases.ts";
 import { serverSuite } from "./server.suite.ts";
 
 serverSuite(denoTarget, {
@@ -22,4 +22,3 @@ sqliteDriverCase("node:sqlite", [
   "--import-map=test/runtimes/deno-imports.json",
   "test/runtimes/sqlite-store.run.ts",
 ]);
-historyMovesCase([nodeTarget, bunTarget, denoTarget]);
