@@ -12,7 +12,7 @@
 import type { IncomingMessage, Server } from "node:http";
 import { STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
-import { defineWebSocketHelper, WSContext, type WSEvents } from "hono/ws";
+import { defineWebSocketHelper, type SendOptions, WSContext, type WSContextInit, type WSEvents } from "hono/ws";
 import type { WebSocket, WebSocketServer } from "ws";
 
 /** Upgrades the app accepted, until the `upgrade` listener picks them up. */
@@ -65,40 +65,57 @@ async function refuse(socket: Duplex, res: Response): Promise<void> {
   socket.destroy();
 }
 
-/** Hands one connection's ws events to the app's handlers, through a WSContext that holds only the socket. */
+/**
+ * What the WSContext reads from: the ws socket only. A class, so a
+ * connection costs one small object rather than a set of closures.
+ */
+class WsContextInit implements WSContextInit<WebSocket> {
+  constructor(readonly raw: WebSocket) {}
+
+  get protocol(): string {
+    return this.raw.protocol;
+  }
+
+  get readyState(): 0 | 1 | 2 | 3 {
+    return this.raw.readyState as 0 | 1 | 2 | 3;
+  }
+
+  send(data: string | ArrayBuffer | Uint8Array, options: SendOptions): void {
+    this.raw.send(data, { compress: options.compress ?? false });
+  }
+
+  close(code?: number, reason?: string): void {
+    this.raw.close(code, reason);
+  }
+}
+
+type Handler = ((event: never, ws: WSContext<WebSocket>) => void) | undefined;
+
+/** Calls an app handler; one that throws must not take the process down with it. */
+function dispatch(handler: Handler, event: unknown, ctx: WSContext<WebSocket>): void {
+  try {
+    handler?.(event as never, ctx);
+  } catch (error) {
+    console.error(error);
+  }
+}
+
+/** Hands one connection's ws events to the app's handlers. */
 function attach(ws: WebSocket, events: WSEvents<WebSocket>): void {
-  const ctx = new WSContext<WebSocket>({
-    raw: ws,
-    protocol: ws.protocol,
-    get readyState() {
-      return ws.readyState as 0 | 1 | 2 | 3;
-    },
-    send: (data, options) => ws.send(data, { compress: options.compress ?? false }),
-    close: (code, reason) => ws.close(code, reason),
-  });
-  const guard = (fn: () => void) => {
-    try {
-      fn();
-    } catch (error) {
-      // A throwing handler must not take the process down with it.
-      console.error(error);
-    }
-  };
-  guard(() => events.onOpen?.(new Event("open"), ctx));
+  const ctx = new WSContext<WebSocket>(new WsContextInit(ws));
+  dispatch(events.onOpen, new Event("open"), ctx);
   ws.on("message", (data: Buffer, isBinary: boolean) => {
     const payload = isBinary
       ? (data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer)
       : data.toString("utf8");
-    guard(() => events.onMessage?.(new MessageEvent("message", { data: payload }), ctx));
+    dispatch(events.onMessage, new MessageEvent("message", { data: payload }), ctx);
   });
   ws.on("close", (code: number, reason: Buffer) => {
     // Node 20 has no global CloseEvent; the app reads `code` only.
-    const event = { type: "close", code, reason: reason.toString(), wasClean: true } as unknown as CloseEvent;
-    guard(() => events.onClose?.(event, ctx));
+    dispatch(events.onClose, { type: "close", code, reason: reason.toString(), wasClean: true }, ctx);
   });
   ws.on("error", (error: Error) => {
-    const event = { type: "error", error, message: error.message } as unknown as Event;
-    guard(() => events.onError?.(event, ctx));
+    dispatch(events.onError, { type: "error", error, message: error.message }, ctx);
   });
 }
 

@@ -14,7 +14,7 @@ import type { WSContext } from "hono/ws";
 import * as wsModule from "ws";
 import { type WebSocket, WebSocketServer } from "ws";
 import { type Config, ConfigError, loadConfig } from "../config.ts";
-import type { ChatSocket } from "../hub/hub.ts";
+import type { ChatSocket, SharedFrame } from "../hub/hub.ts";
 import { createLogger } from "../observability/pino.ts";
 import { PrometheusMetrics } from "../observability/prometheus.ts";
 import { selectSubprotocol } from "../protocol.ts";
@@ -67,7 +67,7 @@ interface WsInternals {
  * is most of a delivery's cost. The flush runs on process.nextTick, before
  * the event loop goes on, so nothing waits longer than the current turn.
  */
-const corked: Array<() => void> = [];
+const corked: WsFramedSocket[] = [];
 
 /** Most bytes a socket holds corked before it writes them out within the turn. */
 const FLUSH_BYTES = 64 * 1024;
@@ -75,7 +75,7 @@ const FLUSH_BYTES = 64 * 1024;
 function flushCorked(): void {
   // Uncorking can run callbacks that fan out again; those cork anew.
   const list = corked.splice(0);
-  for (const uncork of list) uncork();
+  for (const socket of list) socket.uncork();
 }
 
 /** `Sender.frame` is a public static of ws (Socket.IO's engine uses it) but @types/ws lacks it. */
@@ -92,59 +92,88 @@ export function frameText(text: string): Buffer {
 
 /**
  * Our socket on `ws` directly: Hono's WSContext adds nothing on the send
- * path. A message for a whole room is framed once ({@link frameText}) and
- * the same Buffer is written to every socket in one write each, instead of
- * ws encoding and framing the text again for every recipient. Connections
- * with permessage-deflate need their own compressed frame: they use `send`.
+ * path. A class rather than an object of closures: one of these lives per
+ * connection, and methods on a prototype cost nothing per connection (tsx's
+ * keepNames gives every named closure its own property dictionary, ~250 B).
  */
+class WsSocket implements ChatSocket {
+  constructor(
+    readonly id: string,
+    readonly raw: WebSocket,
+  ) {}
+
+  send(text: string): void {
+    this.raw.send(text);
+  }
+
+  close(code: number, reason: string): void {
+    this.raw.close(code, reason);
+  }
+
+  bufferedAmount(): number {
+    return this.raw.bufferedAmount;
+  }
+}
+
+/**
+ * A connection without permessage-deflate: a message for a whole room is
+ * framed once ({@link frameText}) and the same Buffer is written to every
+ * socket, instead of ws encoding and framing the text again per recipient.
+ * (Compressed connections need their own deflated frame: plain WsSocket.)
+ */
+class WsFramedSocket extends WsSocket {
+  readonly #tcp: WsInternals["_socket"];
+  #corked = false;
+  /**
+   * Bytes written since the cork. Past FLUSH_BYTES the socket is uncorked
+   * (one writev) and corked again: the kernel takes what a reading client
+   * can take, and only what it refuses stays in the socket's buffer, where
+   * bufferedAmount counts it. Without this, a burst of one turn would sit
+   * corked in full and a client that reads would be closed with 1013
+   * (test/integration/node.test.ts, "a burst larger than ...").
+   */
+  #corkedBytes = 0;
+
+  constructor(id: string, raw: WebSocket) {
+    super(id, raw);
+    this.#tcp = (raw as unknown as WsInternals)._socket;
+  }
+
+  sendShared(frame: SharedFrame): void {
+    // ws.send drops frames once closing starts; so do we.
+    if (this.raw.readyState !== 1) return;
+    let bytes = frame.framed as Buffer | undefined;
+    if (bytes === undefined) {
+      bytes = frameText(frame.text);
+      frame.framed = bytes;
+    }
+    const tcp = this.#tcp;
+    if (!this.#corked) {
+      this.#corked = true;
+      tcp.cork();
+      if (corked.push(this) === 1) process.nextTick(flushCorked);
+    }
+    tcp.write(bytes);
+    this.#corkedBytes += bytes.length;
+    if (this.#corkedBytes >= FLUSH_BYTES) {
+      this.#corkedBytes = 0;
+      tcp.uncork();
+      tcp.cork();
+    }
+  }
+
+  /** Ends this turn's cork: what was written goes out in one writev. */
+  uncork(): void {
+    this.#corked = false;
+    this.#corkedBytes = 0;
+    this.#tcp.uncork();
+  }
+}
+
+/** Our socket for a ws connection: pre-framed room sends unless it is compressed. */
 export function toSocket(ws: WSContext, id: string): ChatSocket {
   const raw = ws.raw as WebSocket;
-  const socket: ChatSocket = {
-    id,
-    send: (text) => raw.send(text),
-    close: (code, reason) => raw.close(code, reason),
-    bufferedAmount: () => raw.bufferedAmount,
-  };
-  if (raw.extensions === "") {
-    const tcp = (raw as unknown as WsInternals)._socket;
-    let isCorked = false;
-    /**
-     * Bytes written since the cork. Past FLUSH_BYTES the socket is uncorked
-     * (one writev) and corked again: the kernel takes what a reading client
-     * can take, and only what it refuses stays in the socket's buffer, where
-     * bufferedAmount counts it. Without this, a burst of one turn would sit
-     * corked in full and a client that reads would be closed with 1013
-     * (test/integration/node.test.ts, "a burst larger than ...").
-     */
-    let corkedBytes = 0;
-    const uncork = () => {
-      isCorked = false;
-      corkedBytes = 0;
-      tcp.uncork();
-    };
-    socket.sendShared = (frame) => {
-      // ws.send drops frames once closing starts; so do we.
-      if (raw.readyState !== 1) return;
-      let bytes = frame.framed as Buffer | undefined;
-      if (bytes === undefined) {
-        bytes = frameText(frame.text);
-        frame.framed = bytes;
-      }
-      if (!isCorked) {
-        isCorked = true;
-        tcp.cork();
-        if (corked.push(uncork) === 1) process.nextTick(flushCorked);
-      }
-      tcp.write(bytes);
-      corkedBytes += bytes.length;
-      if (corkedBytes >= FLUSH_BYTES) {
-        corkedBytes = 0;
-        tcp.uncork();
-        tcp.cork();
-      }
-    };
-  }
-  return socket;
+  return raw.extensions === "" ? new WsFramedSocket(id, raw) : new WsSocket(id, raw);
 }
 
 /**
