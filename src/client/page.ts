@@ -151,9 +151,9 @@ function announce(text: string): void {
 }
 
 function notice(text: string): void {
-  const li = make("li", "notice", text);
-  placeConfirmed(li);
-  if (nearBottom()) scrollToBottom();
+  const stick = nearBottom();
+  placeConfirmed(make("li", "notice", text));
+  if (stick) scrollToBottom();
 }
 
 function showUsers(users: readonly string[]): void {
@@ -215,16 +215,19 @@ function updateOlder(): void {
 }
 
 async function loadOlder(): Promise<void> {
-  if (!client) return;
+  const owner = client;
+  if (!owner) return;
   ui.older.disabled = true;
   const before = ui.scroller.scrollHeight - ui.scroller.scrollTop;
   try {
-    const older = await client.loadOlder(50);
+    const older = await owner.loadOlder(50);
+    if (client !== owner) return; // the room was left meanwhile
     const items = older.map((m) => messageItem(m, isOwn(m)));
     ui.messages.prepend(...items);
     // Keep what the reader was looking at in place.
     ui.scroller.scrollTop = ui.scroller.scrollHeight - before;
   } catch (error) {
+    if (client !== owner) return;
     notice(
       error instanceof ChatError && error.code === "offline"
         ? "Offline: try again when reconnected."
@@ -270,9 +273,11 @@ function send(text: string): void {
   pending.push(entry);
   ui.messages.append(li);
   scrollToBottom();
+  const owner = client;
   const sent = client.send(text);
   if (client.status === "reconnecting") showOfflineBanner();
   sent.catch((error: unknown) => {
+    if (client !== owner) return; // the room was left: its list is gone
     const stick = nearBottom();
     const i = pending.indexOf(entry);
     if (i >= 0) pending.splice(i, 1);
