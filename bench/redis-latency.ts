@@ -28,6 +28,9 @@ interface Server {
   port: number;
 }
 
+/** Every spawned server, killed at the end whatever happens. */
+const children: ChildProcess[] = [];
+
 function start(env: Record<string, string>): Promise<Server> {
   const child = spawn("node", ["--import", "tsx", "src/index.ts"], {
     env: {
@@ -35,20 +38,24 @@ function start(env: Record<string, string>): Promise<Server> {
       PORT: "0",
       HOST: "127.0.0.1",
       LOG_FORMAT: "json",
-      LOG_LEVEL: "warn",
       RATE_LIMIT: "0",
       ...env,
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
+  children.push(child);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("server did not start within 20 s")), 20_000);
     let buf = "";
+    let found = false;
+    // Keeps reading after "listening" (a full pipe would stall the server), discarding.
     child.stdout?.on("data", (chunk: Buffer) => {
+      if (found) return;
       buf += chunk.toString();
       for (const line of buf.split("\n")) {
         if (!line.includes('"listening"')) continue;
         clearTimeout(timer);
+        found = true;
         resolve({ child, port: (JSON.parse(line) as { port: number }).port });
         return;
       }
@@ -111,7 +118,13 @@ async function measure(senderPort: number, receiverPort: number, room: string) {
   };
 }
 
-const servers: Server[] = [];
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    for (const c of children) c.kill("SIGKILL");
+    process.exit(1);
+  });
+}
+
 try {
   const redisEnv = { HUB: "redis", REDIS_URL, REDIS_PREFIX: PREFIX };
   const [memory, a, b] = await Promise.all([
@@ -119,7 +132,6 @@ try {
     start(redisEnv),
     start(redisEnv),
   ]);
-  servers.push(memory, a, b);
   const results = {
     "memory, same instance": await measure(memory.port, memory.port, "bench1"),
     "redis, same instance": await measure(a.port, a.port, "bench2"),
@@ -128,7 +140,7 @@ try {
   console.log(`messages: ${N}, one every ${INTERVAL_MS} ms; latency in ms (send -> receive)`);
   console.table(results);
 } finally {
-  for (const s of servers) s.child.kill("SIGKILL");
+  for (const c of children) c.kill("SIGKILL");
   const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
   let cursor = "0";
   for (let i = 0; i < 100; i++) {
