@@ -7,11 +7,13 @@
 # undici's dispatcher, oven-sh/bun#39247). Deno runs wrangler 4.164 and its
 # workerd unchanged, whatever Node the machine has.
 #
-# Local runs must not call out: no telemetry, no update check (it runs with
-# the banner), no download of the `Request.cf` object.
+# Local runs must not call out: no telemetry, no update checks (wrangler's
+# runs with its banner; Deno has its own), no download of the `Request.cf`
+# object. Checked with `strace -f -e trace=connect`: only 127.0.0.1 remains.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 export WRANGLER_SEND_METRICS=false
 export WRANGLER_HIDE_BANNER=true
 export CLOUDFLARE_CF_FETCH_ENABLED=false
+export DENO_NO_UPDATE_CHECK=1
 exec "$root/node_modules/deno/deno" run -A --quiet "$root/node_modules/wrangler/bin/wrangler.js" "$@"
