@@ -16,4 +16,10 @@ export WRANGLER_SEND_METRICS=false
 export WRANGLER_HIDE_BANNER=true
 export CLOUDFLARE_CF_FETCH_ENABLED=false
 export DENO_NO_UPDATE_CHECK=1
-exec "$root/node_modules/deno/deno" run -A --quiet "$root/node_modules/wrangler/bin/wrangler.js" "$@"
+wrangler="$root/node_modules/wrangler/bin/wrangler.js"
+if [ -x "$root/node_modules/deno/deno" ]; then
+  exec "$root/node_modules/deno/deno" run -A --quiet "$wrangler" "$@"
+fi
+# deno's install script puts the binary there; without it (--ignore-scripts)
+# deno's own bin.cjs finds the platform package.
+exec node "$root/node_modules/deno/bin.cjs" run -A --quiet "$wrangler" "$@"
