@@ -493,6 +493,8 @@ export class RedisHub implements Hub {
       return;
     }
     this.#log.info({ rooms: rooms.length }, "resubscribed; catching up");
+    // The catch-up reads on the other connection, which may still be reconnecting.
+    await waitReady(this.#redis, 5000);
     await Promise.all(rooms.map(([name, s]) => this.#catchUp(name, s)));
   }
 

@@ -136,6 +136,44 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${redisSkipReason ? ` (skippe
     }
   });
 
+  it("after its subscriber reconnects, a hub resubscribes and delivers what it missed, once and in order", async () => {
+    const built = await makeRedisHubs(2);
+    try {
+      const [a, b] = built.hubs as [RedisHub, RedisHub];
+      const subscriberB = built.clients[1]![1]!;
+      const room = "catchup";
+      const sa = new FakeSocket();
+      const ma = new Member(sa, "alice", "v1");
+      await a.join(room, ma);
+      ma.release(null, null);
+      const sb = new Member(new FakeSocket(), "bob", "v1");
+      const sockB = sb.socket as FakeSocket;
+      await b.join(room, sb);
+      sb.release(null, null);
+      await a.publish(room, ma, { user: "alice", message: "live" });
+      await sockB.waitFor(isMessage);
+
+      subscriberB.disconnect(false); // B hears nothing now
+      await new Promise((r) => setTimeout(r, 50));
+      expect(b.healthy).toBe(false);
+      for (const text of ["gap1", "gap2", "gap3"]) await a.publish(room, ma, { user: "alice", message: text });
+      expect(sockB.ofType("message")).toHaveLength(1);
+
+      await subscriberB.connect();
+      await sockB.waitFor(isMessage, 4);
+      await a.publish(room, ma, { user: "alice", message: "after" });
+      await sockB.waitFor(isMessage, 5);
+      await sa.waitFor(isMessage, 5);
+      const ids = (s: FakeSocket) => s.ofType("message").map((f) => f.id);
+      expect(sockB.ofType("message").map((f) => f.message)).toEqual(["live", "gap1", "gap2", "gap3", "after"]);
+      expect(ids(sockB)).toEqual(ids(sa));
+      a.leave(room, ma);
+      b.leave(room, sb);
+    } finally {
+      await built.cleanup();
+    }
+  });
+
   it("subscribes to a room only while it has local members", async () => {
     const built = await makeRedisHubs(1);
     const probe = createRedisClient(REDIS_URL);
