@@ -72,10 +72,11 @@ export class LocalRoom {
       for (const m of this.members) m.deliver(echo !== null && m === sender ? echo : shared, message.id);
       return;
     }
-    for (const m of this.#promote()) m.deliver(echo !== null && m === sender ? echo : text, message.id);
     const except = echo !== null && sender !== null && this.#live.has(sender) ? sender : null;
     except?.deliver(echo!, message.id);
     if (b.publish(this.#allChannel, text, except?.socket ?? null)) this.#checkLive();
+    for (const m of this.#waiting) m.deliver(echo !== null && m === sender ? echo : text, message.id);
+    this.#promote();
   }
 
   /** Delivers a v1-only frame (presence, typing) to the v1 members, maybe minus one. */
@@ -85,17 +86,19 @@ export class LocalRoom {
       for (const m of this.members) if (m.mode === "v1" && m !== except) m.deliver(text);
       return;
     }
-    for (const m of this.#promote()) if (m.mode === "v1" && m !== except) m.deliver(text);
     const skip = except !== null && this.#live.has(except) ? except.socket : null;
     if (b.publish(this.#v1Channel, text, skip)) this.#checkLive();
+    for (const m of this.#waiting) if (m.mode === "v1" && m !== except) m.deliver(text);
+    this.#promote();
   }
 
   /**
-   * Subscribes the members released since the last delivery, before anything
-   * is published, so none misses a frame or gets one before its welcome.
-   * Returns the members still waiting, which get frames one by one.
+   * Subscribes the members released since they joined. Called after a
+   * delivery, which reached them one by one through Member.deliver (held
+   * before the welcome, and skipped when the welcome's history already had
+   * it), so they get the next broadcast and nothing twice.
    */
-  #promote(): Set<Member> {
+  #promote(): void {
     const b = this.broadcaster!;
     for (const m of this.#waiting) {
       if (m.held || !m.open) continue;
@@ -104,7 +107,6 @@ export class LocalRoom {
       b.subscribe(m.socket, this.#allChannel);
       if (m.mode === "v1") b.subscribe(m.socket, this.#v1Channel);
     }
-    return this.#waiting;
   }
 
   /** A broadcast bypasses Member.deliver, so the slow-consumer rule is applied here. */
