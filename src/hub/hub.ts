@@ -45,6 +45,13 @@ interface Held {
 export class Member {
   #held: Held[] | null = [];
   #closing = false;
+  /**
+   * The newest message id this member has had (sent, or carried by its
+   * welcome). Ids of a room only grow, so anything at or below it is a
+   * duplicate: a message whose fan-out lands just after the release although
+   * the welcome's history already held it.
+   */
+  #lastId: string | null = null;
 
   /**
    * @param maxBuffered bytes queued to this client before it is closed with
@@ -73,6 +80,10 @@ export class Member {
     if (this.#held) {
       this.#held.push({ id, text });
       return;
+    }
+    if (id !== null) {
+      if (this.#lastId !== null && id <= this.#lastId) return;
+      this.#lastId = id;
     }
     if (typeof text === "string") this.socket.send(text);
     else if (this.socket.sendShared) this.socket.sendShared(text);
@@ -108,10 +119,8 @@ export class Member {
     const held = this.#held ?? [];
     this.#held = null;
     if (first !== null) this.deliver(first);
-    for (const h of held) {
-      if (h.id !== null && coveredUpTo !== null && h.id <= coveredUpTo) continue;
-      this.deliver(h.text, h.id);
-    }
+    if (coveredUpTo !== null) this.#lastId = coveredUpTo;
+    for (const h of held) this.deliver(h.text, h.id);
   }
 
   /** Stops all delivery (the connection is gone or going). */

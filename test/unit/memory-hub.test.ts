@@ -116,6 +116,19 @@ describe("Member", () => {
     expect(socket.sent).toEqual(["first", "y", "z"]);
   });
 
+  it("a message the welcome covered is not sent again when its fan-out lands after the release", () => {
+    const socket = new FakeSocket();
+    const member = new Member(socket, null, "v1");
+    member.release("welcome", "0000000000005-000000");
+    member.deliver("late copy", "0000000000005-000000");
+    member.deliver("older", "0000000000004-000000");
+    member.deliver("new", "0000000000006-000000");
+    member.deliver("again", "0000000000006-000000");
+    member.deliver("pong"); // frames without an id are never deduplicated
+    member.deliver("pong");
+    expect(socket.sent).toEqual(["welcome", "new", "pong", "pong"]);
+  });
+
   it("after detach nothing is delivered", () => {
     const socket = new FakeSocket();
     const member = new Member(socket, null, "v1");
