@@ -44,7 +44,7 @@ describe("workerd: Durable Object storage", () => {
 });
 
 describe("workerd: hibernation", () => {
-  it("an idle room is evicted; woken by a frame, it carries on with no second welcome or presence", async () => {
+  it("an idle room is evicted; woken by a frame or a close, it carries on with no second welcome or presence", async () => {
     const server = await workerdTarget.start();
     const room = `${server.wsUrl}?room=naps`;
     const ann = await connect(`${room}&user=ann`, { protocols: "chat.v1" });
@@ -73,9 +73,11 @@ describe("workerd: hibernation", () => {
     [ann, bob, sam].forEach((c, i) => {
       expect(c.received.slice(seen[i]).map((f) => f.json?.message)).toEqual(["after"]);
     });
-    // The rebuilt room still knows who is here.
+    // A close that wakes the room (a tab closed while it slept) still tells the others.
+    await new Promise((r) => setTimeout(r, 12_000));
     await bob.close();
     expect(await ann.waitFor((f) => f.type === "presence" && f.left === "bob")).toMatchObject({ users: ["ann"] });
+    expect(server.output().split("room rebuilt after hibernation").length - 1).toBe(2);
     const cat = await connect(`${room}&user=cat`, { protocols: "chat.v1" });
     expect((await cat.waitFor("welcome")).users).toEqual(["ann", "cat"]);
   }, 90_000);
