@@ -13,9 +13,10 @@
  * /rooms/:room/messages to the room's object.
  *
  * What differs from the other runtimes, and why:
- * - Heartbeat: a Worker cannot send WebSocket ping frames; the platform
- *   answers the client's pings and drops dead peers itself. HEARTBEAT_MS is
- *   ignored.
+ * - Heartbeat: a Worker cannot send WebSocket ping frames (the platform
+ *   answers the client's), so HEARTBEAT_MS is ignored: a dead peer goes when
+ *   the platform's TCP connection to it does, not after two intervals.
+ *   Clients that need to know sooner ping (`{"type":"ping"}`, answered).
  * - Slow consumers: Workers' WebSocket has no `bufferedAmount`; the runtime
  *   queues outgoing frames itself, so the 1013 rule (MAX_BUFFERED_BYTES)
  *   cannot be measured and does not apply.
@@ -27,6 +28,8 @@
  *   U+FFFD) before the object sees it, so there is no 1007; the frame is
  *   handled as the text it decoded to. Closing on U+FFFD instead would refuse
  *   valid text that contains the character itself.
+ *
+ * - Hibernation: see {@link ChatRoom}.
  *
  * Types come from workers-types' module form, so Workers' globals do not
  * clash with the DOM and Node types the rest of the project checks against.
