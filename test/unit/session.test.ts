@@ -148,6 +148,34 @@ describe("Session", () => {
     ]);
   });
 
+  it("a message stored before the welcome is read but fanned out after the release reaches the joiner once", async () => {
+    const inner = new MemoryStore();
+    let commit!: () => void;
+    const committed = new Promise<void>((r) => {
+      commit = r;
+    });
+    // Readable at once, acknowledged later: the window between a batch's
+    // commit and its fan-out, held open.
+    const store = new (class extends FailingStore {
+      override append(m: Parameters<MemoryStore["append"]>[0]): Promise<void> {
+        inner.append(m);
+        return committed;
+      }
+    })(inner);
+    const hub = new MemoryHub(store, silentLogger);
+    const deps = { hub, store, config: loadConfig({ RATE_LIMIT: "0" }), logger: silentLogger, metrics: noopMetrics };
+    const a = new Session(deps, { room: "r", name: "alice", mode: "v1", since: null });
+    await a.open(new FakeSocket());
+    a.message(j({ message: "in the window" }));
+    const b = new Session(deps, { room: "r", name: "bob", mode: "v1", since: null });
+    const socket = new FakeSocket();
+    await b.open(socket);
+    expect((socket.frames[0]!.history as { message: string }[]).map((m) => m.message)).toEqual(["in the window"]);
+    commit();
+    await hub.close();
+    expect(socket.ofType("message")).toEqual([]);
+  });
+
   it("closed before the join finished: the member leaves and gets nothing", async () => {
     const { hub, store } = setup();
     const config = loadConfig({});
