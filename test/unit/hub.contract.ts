@@ -98,6 +98,21 @@ export function hubContract(name: string, makeHubs: MakeHubs): void {
       expect(seed.socket.sent).toEqual([]);
     });
 
+    it("a name with two connections stays listed until both have left", async () => {
+      const a = await join(0, "alice");
+      const tab1 = await join(1, "bob");
+      const tab2 = await join(2, "bob");
+      await a.socket.waitFor((f) => f.type === "presence" && f.joined === "bob", 2);
+      leave(tab1);
+      const [first] = await a.socket.waitFor((f) => f.type === "presence" && f.left === "bob");
+      expect([...(first!.users as string[])].sort()).toEqual(["alice", "bob"]);
+      expect([...(await hubs[0]!.users(room))].sort()).toEqual(["alice", "bob"]);
+      leave(tab2);
+      const lefts = await a.socket.waitFor((f) => f.type === "presence" && f.left === "bob", 2);
+      expect(lefts[1]!.users).toEqual(["alice"]);
+      expect(await hubs[0]!.users(room)).toEqual(["alice"]);
+    });
+
     it("an unnamed connection joining or leaving sends no presence", async () => {
       const a = await join(0, "alice");
       const anon = await join(1, null);
