@@ -4,10 +4,11 @@
  * in-process topic table that behaves like Bun's (publish skips `except`,
  * reports backpressure), plus the cases only a broadcaster has.
  */
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { type Broadcaster, type ChatSocket, Member } from "../../src/hub/hub.ts";
 import { MemoryHub } from "../../src/hub/memory.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
+import { formatMessageId } from "../../src/protocol.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
 import { hubContract } from "./hub.contract.ts";
@@ -98,6 +99,24 @@ describe("MemoryHub + topic broadcaster", () => {
     expect(slow.socket.ofType("message").map((f) => f.message)).toEqual(["x"]);
     expect(a.socket.frames.filter((f) => f.type === "message").map((f) => f.message)).toEqual(["x", "y"]);
     expect(slow.socket.closes).toHaveLength(1);
+  });
+
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("a fan-out landing just after the release, of a message the welcome held, is not sent again", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(1_800_000_000_000);
+    const { hub, join } = await setup();
+    const a = await join("a");
+    const late = await join("l", "v1", false);
+    // Its welcome's history already holds the next message (the store was
+    // read after the write, before the fan-out).
+    late.member.release('{"type":"welcome"}', formatMessageId(1_800_000_000_000, 0));
+    await hub.publish("r", a.member, { user: "a", message: "in the welcome" });
+    await hub.publish("r", a.member, { user: "a", message: "after it" });
+    expect(late.socket.ofType("message").map((f) => f.message)).toEqual(["after it"]);
   });
 
   it("unsubscribes a member that leaves", async () => {
