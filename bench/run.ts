@@ -432,6 +432,24 @@ function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o
   return out.join("\n");
 }
 
+/** What code and which runtimes the numbers belong to. */
+function versions(): Record<string, string> {
+  const run = (cmd: string, args: string[]) => {
+    try {
+      return execFileSync(cmd, args, { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+    } catch {
+      return "unavailable";
+    }
+  };
+  const dirty = run("git", ["status", "--porcelain", "--", "src", "bench"]);
+  return {
+    commit: `${run("git", ["rev-parse", "--short", "HEAD"])}${dirty && dirty !== "unavailable" ? " (+ uncommitted changes)" : ""}`,
+    node: process.version,
+    bun: run(BUN, ["--version"]),
+    deno: run(DENO, ["--version"]).split("\n")[0] ?? "",
+  };
+}
+
 function machine(): Record<string, unknown> {
   let cpu = "";
   try {
@@ -508,6 +526,7 @@ async function main(): Promise<void> {
     command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
     options: o,
     loadgen: o.loadgen,
+    versions: versions(),
     machine: { before, after: machine() },
     specs: Object.fromEntries(o.scenarios.map((s) => [s, specFor(s, o)])),
     summaries,
@@ -521,6 +540,7 @@ async function main(): Promise<void> {
   console.log(
     `machine: ${before.cpus} cpus, ${before.memMiB} MiB, load ${JSON.stringify(before.loadavg)} -> ${JSON.stringify(report.machine.after.loadavg)}; pinned: ${twoCores}; loadgen: ${o.loadgen}`,
   );
+  console.log(`code: ${JSON.stringify(report.versions)}`);
   console.log(`results: ${file}`);
 }
 
