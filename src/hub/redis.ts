@@ -138,16 +138,15 @@ interface RoomState {
   base: string | null;
   /** Frames that arrived during a catch-up, handled after it. */
   syncing: string[] | null;
-  /** Settles after the room's previous publish: one append in flight per room keeps a sender's order. */
-  chain: Promise<unknown>;
-  /** The id of this instance's append in flight, until its reply says whose that id is. */
-  inflight: string | null;
+  /** Ids of this instance's appends in flight, until their replies say whose those ids are. */
+  inflight: Set<string>;
   /**
-   * Frames held from the one carrying the in-flight id on: another instance
-   * may have taken that id first, and only the append's reply tells whether
-   * it is our message (which gets the echo) or theirs.
+   * Frames held from the one carrying an in-flight id (`heldFor`) on: another
+   * instance may have taken that id first, and only the append's reply tells
+   * whether it is our message (which gets the echo) or theirs.
    */
   held: string[] | null;
+  heldFor: string | null;
 }
 
 /** A publish whose message is stored and not yet delivered here. */
@@ -182,7 +181,7 @@ export interface RedisHubOptions {
 }
 
 /** Attempts at one publish when other instances keep taking the next id. */
-const MAX_CONFLICTS = 50;
+const MAX_CONFLICTS = 100;
 
 /** See the module comment. */
 export class RedisHub implements Hub {
@@ -263,9 +262,9 @@ export class RedisHub implements Hub {
       last: null,
       base: null,
       syncing: null,
-      chain: Promise.resolve(),
-      inflight: null,
+      inflight: new Set(),
       held: null,
+      heldFor: null,
     };
     state.ready = (async () => {
       await this.#sub.subscribe(this.#keys.channel(name));
@@ -337,11 +336,7 @@ export class RedisHub implements Hub {
       const { message } = await this.#append(roomName, null, from, draft);
       return message;
     }
-    // One append in flight per room and instance: a conflict retry then
-    // cannot put a sender's message behind its next one.
-    const appended = state.chain.then(() => this.#append(roomName, state, from, draft));
-    state.chain = appended.catch(() => {});
-    const { message, arrived } = await appended;
+    const { message, arrived } = await this.#append(roomName, state, from, draft);
     // Stored and published. Resolve once delivered here (the sender's own
     // instance has fanned it out), or soon anyway: a catch-up after a
     // reconnect delivers it later, and the room may have emptied meanwhile.
@@ -374,7 +369,7 @@ export class RedisHub implements Hub {
       const arrived = new Promise<void>((resolve) => {
         delivered = resolve;
       });
-      if (state) state.inflight = message.id;
+      state?.inflight.add(message.id);
       let ours = false;
       try {
         await this.#store.append(message);
@@ -389,7 +384,7 @@ export class RedisHub implements Hub {
         // Only now is the id known to be ours: register the echo, then let
         // through what was held behind it.
         if (ours) this.#pending.set(`${roomName}\n${message.id}`, { member: from, cid: draft.cid, delivered });
-        if (state) this.#settle(state);
+        if (state) this.#settle(state, message.id);
       }
       return { message, arrived };
     }
@@ -416,11 +411,14 @@ export class RedisHub implements Hub {
     else this.#handle(state, payload);
   }
 
-  #settle(state: RoomState): void {
-    state.inflight = null;
-    const held = state.held;
+  #settle(state: RoomState, id: string): void {
+    state.inflight.delete(id);
+    if (state.heldFor !== id) return;
+    const held = state.held ?? [];
     state.held = null;
-    for (const payload of held ?? []) this.#handle(state, payload);
+    state.heldFor = null;
+    // Handled again in order; the next in-flight id among them holds again.
+    for (const payload of held) this.#handle(state, payload);
   }
 
   #handle(state: RoomState, payload: string): void {
@@ -436,8 +434,9 @@ export class RedisHub implements Hub {
       const c = payload.indexOf("\n", b + 1);
       const d = payload.indexOf("\n", c + 1);
       const id = payload.slice(a + 1, b);
-      if (id === state.inflight) {
+      if (state.inflight.has(id)) {
         state.held = [payload];
+        state.heldFor = id;
         return;
       }
       this.#deliver(state, {
@@ -554,7 +553,6 @@ export class RedisHub implements Hub {
       for (const user of state.local.users()) {
         leaving.push(this.#presence(name, "leave", this.#entry(user), user, "1").catch(() => {}));
       }
-      leaving.push(state.chain);
     }
     await Promise.all(leaving);
     this.#closed = true;

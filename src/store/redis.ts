@@ -4,10 +4,11 @@
  *
  * Stream entry ids ARE the message ids: message `1732800000000-000042` is
  * stream entry `1732800000000-42` (same milliseconds and sequence, without
- * the zero padding). The hub's publish script XADDs with that explicit id, so
+ * the zero padding). The append script XADDs with that explicit id, so
  * `since`/`before` are plain XRANGE/XREVRANGE ranges, Redis itself refuses an
  * id below the stream's top, and no separate index is needed. Fields: `u`
- * (user), `m` (message), `t` (ts, ms since the epoch).
+ * (user), `m` (message), `t` (ts, ms since the epoch), `s` (which store
+ * wrote it, so pipelined appends can each follow the previous one).
  */
 import type { Redis } from "ioredis";
 import { type ChatMessage, formatMessageId, parseMessageId } from "../protocol.ts";
@@ -97,8 +98,22 @@ export function trimArgs(limit: number): string[] {
 // same message again (same id and content) is a repeat and is ignored, as
 // SQLite's INSERT OR IGNORE; with one, two instances may pick the same id for
 // equal texts, so an existing id is always a conflict (the hub never resends).
+// ARGV[9], when set, is the stream id this append must follow: the previous
+// append of the same room from this store (ARGV[10], the `s` field of its
+// entries; another instance may have stored the same id), still in flight.
+// If that one was refused, this one is too, so a pipeline of appends lands in
+// order or not at all.
 const APPEND_SCRIPT = `
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if ARGV[9] ~= '' then
+  local ok = false
+  if top and top[1] == ARGV[9] then
+    for i = 1, #top[2], 2 do
+      if top[2][i] == 's' and top[2][i + 1] == ARGV[10] then ok = true end
+    end
+  end
+  if not ok then return redis.error_reply('CONFLICT ' .. (top and top[1] or '0-0')) end
+end
 if top then
   local sep = string.find(top[1], '-', 1, true)
   local tms, tseq = tonumber(string.sub(top[1], 1, sep - 1)), tonumber(string.sub(top[1], sep + 1))
@@ -114,7 +129,7 @@ if top then
   end
 end
 local args = {'XADD', KEYS[1]}
-for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
+for i = 11, #ARGV do args[#args + 1] = ARGV[i] end
 args[#args + 1] = ARGV[3]
 args[#args + 1] = 'u'
 args[#args + 1] = ARGV[4]
@@ -122,6 +137,8 @@ args[#args + 1] = 'm'
 args[#args + 1] = ARGV[5]
 args[#args + 1] = 't'
 args[#args + 1] = ARGV[6]
+args[#args + 1] = 's'
+args[#args + 1] = ARGV[10]
 redis.call(unpack(args))
 if ARGV[7] ~= '' then
   redis.call('PUBLISH', ARGV[7], 'm\\n' .. ARGV[8] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[5])
@@ -147,6 +164,15 @@ export class HistoryConflictError extends Error {
 
 type AppendCommand = (key: string, ...args: string[]) => Promise<number>;
 
+/** A room's appends in flight from one store, for linking them in order. */
+interface AppendTrack {
+  /** Bumped by a refused append: what was issued before it is doomed, and new appends must not link to it. */
+  generation: number;
+  /** The last append issued, and its generation. */
+  tail: { streamId: string; generation: number } | null;
+  inFlight: number;
+}
+
 /**
  * The HistoryStore contract over Redis streams. Every call is one round trip
  * (or one pipeline); appends are durable as far as Redis is once they
@@ -159,6 +185,9 @@ export class RedisStore implements HistoryStore {
   readonly keys: RedisKeys;
   /** Messages kept per room. */
   readonly limit: number;
+  readonly #tracks = new Map<string, AppendTrack>();
+  /** Marks this store's entries (field `s`), so an append can follow its own previous one. */
+  readonly #writer = globalThis.crypto.randomUUID().slice(0, 8);
   #closed = false;
 
   /**
@@ -184,24 +213,44 @@ export class RedisStore implements HistoryStore {
     const id = parseMessageId(message.id);
     if (!id) throw new Error(`not a message id: ${message.id}`);
     const append = (this.#redis as unknown as { chatAppend: AppendCommand }).chatAppend;
+    let track = this.#tracks.get(message.room);
+    if (!track) {
+      track = { generation: 0, tail: null, inFlight: 0 };
+      this.#tracks.set(message.room, track);
+    }
+    // Replies come in order, so while any append of the room is in flight the
+    // last one issued is: link to it unless a refusal has doomed it.
+    const follows =
+      track.inFlight > 0 && track.tail !== null && track.tail.generation === track.generation
+        ? track.tail.streamId
+        : "";
+    const generation = track.generation;
+    const streamId = `${id.ms}-${id.seq}`;
+    track.tail = { streamId, generation };
+    track.inFlight++;
     try {
       await append.call(
         this.#redis,
         this.keys.stream(message.room),
         String(id.ms),
         String(id.seq),
-        `${id.ms}-${id.seq}`,
+        streamId,
         message.user,
         message.message,
         String(Math.trunc(message.ts)),
         this.#publish ? this.keys.channel(message.room) : "",
         message.id,
+        follows,
+        this.#writer,
         ...trimArgs(this.limit),
       );
     } catch (error) {
+      if (track.generation === generation) track.generation++;
       const top = error instanceof Error ? /^CONFLICT (\d+-\d+)/.exec(error.message)?.[1] : undefined;
       if (top !== undefined) throw new HistoryConflictError(message.room, fromStreamId(top));
       throw error;
+    } finally {
+      if (--track.inFlight === 0 && this.#tracks.get(message.room) === track) this.#tracks.delete(message.room);
     }
   }
 

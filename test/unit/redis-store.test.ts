@@ -101,6 +101,33 @@ describe.skipIf(redisSkipReason !== null)(
       }
     });
 
+    it("pipelined appends land in order or not at all: after a refused one, those behind it are refused", async () => {
+      const prefix = uniquePrefix("store");
+      prefixes.push(prefix);
+      const clients = [createRedisClient(REDIS_URL), createRedisClient(REDIS_URL)];
+      await Promise.all(clients.map((c) => waitReady(c, 3000)));
+      const [a, b] = clients.map((c) => new RedisStore(c, { prefix, owned: true, publish: true })) as [
+        RedisStore,
+        RedisStore,
+      ];
+      try {
+        // Another instance took 4000-0 first.
+        await a.append(msg("r", 4000, 0, "theirs"));
+        // This one sends two without waiting: the first collides, so the second
+        // (whose id alone would fit) must not land ahead of its retry.
+        const first = b.append(msg("r", 4000, 0, "mine-1"));
+        const second = b.append(msg("r", 4000, 1, "mine-2"));
+        await expect(first).rejects.toBeInstanceOf(HistoryConflictError);
+        await expect(second).rejects.toBeInstanceOf(HistoryConflictError);
+        // The retries, in order, both land.
+        await Promise.all([b.append(msg("r", 4001, 0, "mine-1")), b.append(msg("r", 4001, 1, "mine-2"))]);
+        expect((await a.latest("r", 10)).map((m) => m.message)).toEqual(["theirs", "mine-1", "mine-2"]);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+
     it("reads fail fast, not queued, while Redis does not answer", async () => {
       const client = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 500 });
       const store = new RedisStore(client, { owned: true });
