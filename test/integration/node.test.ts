@@ -136,4 +136,24 @@ describe("node only", () => {
       expect(c.closeInfo).toBeNull();
     }
   });
+
+  it("logs one JSON line per connection opened and closed (LOG_FORMAT=json)", async () => {
+    const server = await nodeTarget.start();
+    const c = await connect(`${server.wsUrl}?room=logs&user=lou`, { protocols: "chat.v1" });
+    await c.next();
+    await c.close();
+    const lines = () =>
+      server
+        .output()
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+    for (let i = 0; i < 50 && !lines().some((l) => l.msg === "connection closed"); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const opened = lines().filter((l) => l.msg === "connection opened");
+    const closed = lines().filter((l) => l.msg === "connection closed");
+    expect(opened).toEqual([expect.objectContaining({ room: "logs", user: "lou", mode: "v1" })]);
+    expect(closed).toEqual([expect.objectContaining({ room: "logs", code: 1000 })]);
+  });
 });
