@@ -71,7 +71,8 @@ const MAX_OUTPUT = 4 * 1024 * 1024;
  * A target that spawns `command` (from `cwd`, default the repo root) and waits
  * for its JSON log line `{"msg":"listening","port":N}`, which every runtime
  * entry writes. Rejects with the captured output if the process exits first
- * or does not listen within {@link START_TIMEOUT_MS}.
+ * or does not listen within {@link START_TIMEOUT_MS}. The line is logged at
+ * info, so a test must not raise LOG_LEVEL above it.
  */
 export function spawnTarget(
   name: string,
