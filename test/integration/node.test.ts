@@ -7,11 +7,12 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { get } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { CLOSE_TIMEOUT_MS } from "../../src/runtime/node.ts";
 import { trackForFile } from "../helpers/cleanup.ts";
 import { connect } from "../helpers/client.ts";
-import { nodeTarget } from "../helpers/server.ts";
+import { nodeTarget, tempHistoryPath } from "../helpers/server.ts";
 import { serverSuite } from "./server.suite.ts";
 
 serverSuite(nodeTarget);
@@ -155,5 +156,38 @@ describe("node only", () => {
     const closed = lines().filter((l) => l.msg === "connection closed");
     expect(opened).toEqual([expect.objectContaining({ room: "logs", user: "lou", mode: "v1" })]);
     expect(closed).toEqual([expect.objectContaining({ room: "logs", code: 1000 })]);
+  });
+
+  it("a store that cannot write answers unavailable (with the cid), delivers to nobody, and recovers", async () => {
+    const historyPath = tempHistoryPath();
+    const server = await nodeTarget.start({}, { historyPath });
+    const url = `${server.wsUrl}?room=locked`;
+    const sender = await connect(`${url}&user=sid`, { protocols: "chat.v1" });
+    const other = await connect(url);
+    await sender.waitFor("welcome");
+    sender.send({ message: "stored" });
+    await other.waitFor("message");
+    // Another process holds the write lock: the server's next commit fails
+    // after its busy timeout, as it would on a full or read-only disk.
+    const lock = new Database(historyPath);
+    try {
+      lock.exec("BEGIN EXCLUSIVE");
+      sender.send({ message: "refused", cid: "c-lock" });
+      expect(await sender.waitFor("error", 10_000)).toEqual({
+        type: "error",
+        code: "unavailable",
+        message: expect.any(String),
+        cid: "c-lock",
+      });
+    } finally {
+      lock.exec("ROLLBACK");
+      lock.close();
+    }
+    sender.send({ message: "after" });
+    expect(await other.waitFor("message")).toMatchObject({ message: "after" });
+    expect(other.received.map((f) => f.json?.message)).toEqual(["stored", "after"]);
+    const res = await fetch(`${server.url}/rooms/locked/messages`);
+    const stored = ((await res.json()) as { messages: { message: string }[] }).messages.map((m) => m.message);
+    expect(stored).toEqual(["stored", "after"]);
   });
 });
