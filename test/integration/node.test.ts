@@ -11,7 +11,7 @@ import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { CLOSE_TIMEOUT_MS } from "../../src/runtime/node.ts";
 import { trackForFile } from "../helpers/cleanup.ts";
-import { connect } from "../helpers/client.ts";
+import { connect, expectRefused } from "../helpers/client.ts";
 import { nodeTarget, tempHistoryPath } from "../helpers/server.ts";
 import { serverSuite } from "./server.suite.ts";
 
@@ -76,6 +76,9 @@ describe("node only", () => {
     expect(await c.next()).toMatchObject({ type: "welcome", user: "tess" });
     c.send({ message: "over tls" });
     expect(await c.waitFor("message")).toMatchObject({ message: "over tls", user: "tess" });
+    // A refused upgrade still gets its JSON body over TLS.
+    const refused = await expectRefused(`wss://127.0.0.1:${port}/websocket?room=bad%20room`, { wsOptions: { ca } });
+    expect(refused).toMatchObject({ status: 400, body: { error: expect.any(String) } });
     // The plain-text port speaks no HTTP: a client must not be able to downgrade.
     await expect(fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(3000) })).rejects.toThrow();
   });
