@@ -29,44 +29,41 @@ const SCRUBBED = /^(CLOUDFLARE_|WRANGLER_|NODE_OPTIONS$)/;
 
 /**
  * `wrangler dev` (scripts/wrangler.sh: wrangler from npm on Deno, no network)
- * on a free port. Config reaches the Worker as `--var`s; `historyPath` names
- * the persisted state (two starts with the same path see the same objects).
- * wrangler logs no `{"msg":"listening"}` line, so readiness is its own "Ready
- * on" line plus a /healthz answer. Stopping signals the whole process group:
- * wrangler runs two workerd children that must not outlive a test.
+ * on a free port, for the Worker that `config` (relative to the repo) names.
+ * Config reaches the Worker as `--var`s; `historyPath` names the persisted
+ * state (two starts with the same path see the same objects). wrangler logs
+ * no `{"msg":"listening"}` line, so readiness is its own "Ready on" line plus
+ * a /healthz answer. Stopping signals the whole process group: wrangler runs
+ * two workerd children that must not outlive a test.
  */
-export const workerdTarget: ServerTarget = {
-  name: "workerd",
-  async start(extra = {}, opts = {}) {
-    const [port, inspector] = [await freePort(), await freePort()];
-    const state = `${opts.historyPath ?? tempHistoryPath()}.workerd-state`;
-    const chosen: Record<string, string> = { LOG_LEVEL: "info", ...extra };
-    const vars = Object.entries(chosen).flatMap(([k, v]) => ["--var", `${k}:${v}`]);
-    const env: Record<string, string> = { CI: "1" };
-    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !SCRUBBED.test(k)) env[k] = v;
-    const child = spawn(
-      "sh",
-      [
-        "scripts/wrangler.sh",
-        "dev",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        String(port),
-        "--inspector-port",
-        String(inspector),
-        "--persist-to",
-        state,
-        "--show-interactive-dev-session=false",
-        ...vars,
-      ],
-      { cwd: ROOT, env: { ...env, CI: "1" }, stdio: ["ignore", "pipe", "pipe"], detached: true },
-    );
-    const running = await ready(child, port, chosen);
-    track(() => running.kill());
-    return running;
-  },
-};
+export function wranglerTarget(name: string, config = "wrangler.jsonc"): ServerTarget {
+  return {
+    name,
+    async start(extra = {}, opts = {}) {
+      const [port, inspector] = [await freePort(), await freePort()];
+      const state = `${opts.historyPath ?? tempHistoryPath()}.workerd-state`;
+      const chosen: Record<string, string> = { LOG_LEVEL: "info", ...extra };
+      const vars = Object.entries(chosen).flatMap(([k, v]) => ["--var", `${k}:${v}`]);
+      const env: Record<string, string> = {};
+      for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !SCRUBBED.test(k)) env[k] = v;
+      const args = ["scripts/wrangler.sh", "dev", "--config", config, "--ip", "127.0.0.1", "--port", String(port)];
+      args.push("--inspector-port", String(inspector), "--persist-to", state);
+      args.push("--show-interactive-dev-session=false", ...vars);
+      const child = spawn("sh", args, {
+        cwd: ROOT,
+        env: { ...env, CI: "1" },
+        stdio: ["ignore", "pipe", "pipe"],
+        detached: true,
+      });
+      const running = await ready(child, port, chosen);
+      track(() => running.kill());
+      return running;
+    },
+  };
+}
+
+/** The chat's Worker (src/worker.ts, wrangler.jsonc). */
+export const workerdTarget: ServerTarget = wranglerTarget("workerd");
 
 function ready(child: ChildProcess, port: number, env: Record<string, string>): Promise<RunningServer> {
   let out = "";

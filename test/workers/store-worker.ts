@@ -1,0 +1,103 @@
+/**
+ * A test fixture, not shipped: a Worker whose Durable Object hosts
+ * `SqliteStore` over its own storage (`durableSqlite`, as the chat's rooms
+ * do), driven over one WebSocket per store so the HistoryStore contract can
+ * run against real Durable Object SQL storage from vitest on Node.
+ *
+ * Calls arrive in order on the socket and start in that order (an append
+ * joins the store's batch synchronously, as in-process), while their answers
+ * come back whenever their promises settle, so batching behaves as it does
+ * inside the chat's object.
+ */
+import type {
+  WebSocketPair as CfWebSocketPair,
+  DurableObjectNamespace,
+  DurableObjectState,
+} from "@cloudflare/workers-types/index.ts";
+import type { ChatMessage } from "../../src/protocol.ts";
+import { durableSqlite } from "../../src/store/durable.ts";
+import { SqliteStore } from "../../src/store/sqlite.ts";
+
+interface Env {
+  STORES: DurableObjectNamespace;
+}
+
+/** One call: `gen` names the store instance (a reopen makes the next one). */
+export interface StoreCall {
+  id: number;
+  gen: number;
+  method: "append" | "latest" | "before" | "since" | "lastId" | "flush" | "close" | "reopen";
+  args: unknown[];
+}
+
+export class StoreHost {
+  readonly #ctx: DurableObjectState;
+  /** Store instances by generation, all over this object's storage. */
+  readonly #stores = new Map<number, SqliteStore>();
+
+  constructor(ctx: DurableObjectState) {
+    this.#ctx = ctx;
+  }
+
+  fetch(request: Request): Response {
+    const limit = Number(new URL(request.url).searchParams.get("limit") ?? "10000");
+    this.#stores.set(0, new SqliteStore(durableSqlite(this.#ctx.storage), limit));
+    const { WebSocketPair } = globalThis as unknown as { WebSocketPair: typeof CfWebSocketPair };
+    const pair = new WebSocketPair();
+    const socket = pair[1];
+    socket.accept();
+    socket.addEventListener("message", (event) => {
+      const call = JSON.parse(String(event.data)) as StoreCall;
+      let result: Promise<unknown>;
+      try {
+        result = Promise.resolve(this.#call(call, limit));
+      } catch (error) {
+        result = Promise.reject(error);
+      }
+      result.then(
+        (value) => socket.send(JSON.stringify({ id: call.id, ok: true, value: value ?? null })),
+        (error: unknown) => socket.send(JSON.stringify({ id: call.id, ok: false, error: String(error) })),
+      );
+    });
+    return new Response(null, { status: 101, webSocket: pair[0] } as ResponseInit);
+  }
+
+  #call(call: StoreCall, limit: number): unknown {
+    const store = this.#stores.get(call.gen);
+    if (!store) throw new Error(`no store generation ${call.gen}`);
+    const [a, b, c] = call.args;
+    switch (call.method) {
+      case "append":
+        return store.append(a as ChatMessage);
+      case "latest":
+        return store.latest(a as string, b as number);
+      case "before":
+        return store.before(a as string, b as string, c as number);
+      case "since":
+        return store.since(a as string, b as string, c as number);
+      case "lastId":
+        return store.lastId(a as string);
+      case "flush":
+        return store.flush();
+      case "close":
+        return store.close();
+      case "reopen":
+        return store.close().then(() => {
+          const gen = call.gen + 1;
+          this.#stores.set(gen, new SqliteStore(durableSqlite(this.#ctx.storage), limit));
+          return gen;
+        });
+    }
+  }
+}
+
+export default {
+  fetch(request: Request, env: Env): Response | Promise<Response> {
+    const url = new URL(request.url);
+    if (url.pathname === "/healthz") return Response.json({ status: "ok" });
+    const name = url.searchParams.get("name");
+    if (url.pathname !== "/store" || !name) return Response.json({ error: "not found" }, { status: 404 });
+    const stub = env.STORES.get(env.STORES.idFromName(name)) as unknown as { fetch(r: Request): Promise<Response> };
+    return stub.fetch(request);
+  },
+};
