@@ -48,7 +48,8 @@ export function wranglerTarget(name: string, config = "wrangler.jsonc"): ServerT
       for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !SCRUBBED.test(k)) env[k] = v;
       const args = ["scripts/wrangler.sh", "dev", "--config", config, "--ip", "127.0.0.1", "--port", String(port)];
       args.push("--inspector-port", String(inspector), "--persist-to", state);
-      args.push("--show-interactive-dev-session=false", ...vars);
+      // An empty env file: a developer's .dev.vars or .env (AUTH_SECRET, ...) would override the --vars.
+      args.push("--env-file", "/dev/null", "--show-interactive-dev-session=false", ...vars);
       const child = spawn("sh", args, {
         cwd: ROOT,
         env: { ...env, CI: "1" },
