@@ -908,12 +908,12 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
       });
     });
 
-    describe("short heartbeat (HEARTBEAT_MS=400) and ALLOWED_ORIGINS", () => {
+    describe("short heartbeat (HEARTBEAT_MS=500) and ALLOWED_ORIGINS", () => {
       let tuned: RunningServer;
 
       beforeAll(async () => {
         tuned = await target.start({
-          HEARTBEAT_MS: "400",
+          HEARTBEAT_MS: "500",
           ALLOWED_ORIGINS: "https://chat.example.com,http://localhost:3000",
         });
       });
