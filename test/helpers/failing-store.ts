@@ -8,6 +8,7 @@ import type { HistoryStore, ResumeResult } from "../../src/store/store.ts";
 /** How appends fail: `reject` returns a rejected promise, `throw` throws synchronously. */
 export type FailMode = "none" | "reject" | "throw";
 
+/** A HistoryStore whose appends and reads fail while a test says so. */
 export class FailingStore implements HistoryStore {
   /** How `append` fails; reads fail too unless `reads` is false. */
   failAppends: FailMode = "none";

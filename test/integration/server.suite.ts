@@ -125,6 +125,10 @@ function prng(seed: number): () => number {
   };
 }
 
+/**
+ * Registers the black-box suite for one runtime: it starts servers with
+ * `target` (several configurations) and talks to them with real clients.
+ */
 export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
   const has = (k: keyof SuiteCaps) => caps[k] !== false;
 

@@ -23,6 +23,7 @@ export interface HubFactoryOptions {
   wrapStore?: (store: HistoryStore) => HistoryStore;
 }
 
+/** Builds one or more hubs serving the same rooms; `cleanup` closes them. */
 export type MakeHubs = (options?: HubFactoryOptions) => Promise<{ hubs: Hub[]; cleanup(): Promise<void> }>;
 
 const isMessage = (f: Record<string, unknown>) => f.type === "message";
@@ -33,6 +34,11 @@ function freshRoom(): string {
   return `hc-${process.pid}-${Date.now().toString(36)}-${++roomSeq}`;
 }
 
+/**
+ * Registers the hub contract for one implementation. Run it with one hub
+ * (MemoryHub) or several sharing a backend (RedisHub): members are spread
+ * over the hubs round-robin.
+ */
 export function hubContract(name: string, makeHubs: MakeHubs): void {
   describe(`Hub contract: ${name}`, () => {
     let hubs: Hub[];

@@ -17,6 +17,7 @@ export interface StoreFactoryOptions {
   limit?: number;
 }
 
+/** A store under test, and how to reopen it over the same data. */
 export interface StoreUnderTest {
   store: HistoryStore;
   /** Closes the store and opens a new one over the same data (file, Redis keys); absent for memory. */
@@ -24,6 +25,7 @@ export interface StoreUnderTest {
   cleanup(): Promise<void>;
 }
 
+/** Builds a fresh, empty store (per test). */
 export type MakeStore = (options?: StoreFactoryOptions) => Promise<StoreUnderTest>;
 
 let roomSeq = 0;
@@ -47,6 +49,7 @@ async function appendAll(store: HistoryStore, messages: ChatMessage[]): Promise<
 
 const ids = (list: ChatMessage[]) => list.map((m) => m.id);
 
+/** Registers the history store contract for one implementation. */
 export function storeContract(name: string, makeStore: MakeStore): void {
   describe(`HistoryStore contract: ${name}`, () => {
     let subject: StoreUnderTest;
