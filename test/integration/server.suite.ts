@@ -329,6 +329,10 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
         expect(reply.messages).toEqual(sent.slice(1, 4));
         c.send({ type: "history", before: sent[0]!.id, limit: 3 });
         expect((await c.waitFor("history")).messages).toEqual([]);
+        c.send({ type: "history", limit: 2 }); // no before: the newest
+        expect((await c.waitFor("history")).messages).toEqual(sent.slice(4));
+        c.send({ type: "history", before: "yesterday", cid: "h-1" });
+        expect(await c.waitFor("error")).toMatchObject({ code: "invalid_frame", cid: "h-1" });
       });
 
       it("typing is relayed to the others, not back to the typist", async () => {
