@@ -169,6 +169,18 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
         await say(c, "metric", "counted");
         const after = await fetchJson(`${server.url}/metrics`);
         expect(count(after.text)).toBeGreaterThanOrEqual(count(before.text) + 1);
+        // The gauge follows connections both ways (other tests' clients may come and go meanwhile).
+        const extra = await Promise.all([seed(server, room), v1(server, room, "gauge")]);
+        const up = connections((await fetchJson(`${server.url}/metrics`)).text);
+        expect(up).toBeGreaterThanOrEqual(2);
+        await extra[0].close();
+        await extra[1].c.close();
+        let down = up;
+        for (let i = 0; i < 40 && down > up - 2; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+          down = connections((await fetchJson(`${server.url}/metrics`)).text);
+        }
+        expect(down).toBeLessThanOrEqual(up - 2);
       });
 
       it("GET /rooms/:room/messages pages history, newest last", async () => {
