@@ -414,16 +414,16 @@ function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o
     } else {
       out.push(`### Idle connections (${specFor(s, o).clients})`, "");
       out.push(
-        "| server | connected | connect all (ms) | handshake p99 ms | RSS at end (MiB) | RSS per connection (KiB) |",
+        "| server | connected | closed while held | connect all (ms) | handshake p99 ms | RSS at end (MiB) | RSS per connection (KiB) |",
       );
-      out.push("| --- | ---: | ---: | ---: | ---: | ---: |");
+      out.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
       for (const x of rows) {
         if (x.runs === 0) {
           out.push(na(x));
           continue;
         }
         out.push(
-          `| ${x.target} | ${fmt(x.connected)} | ${fmt(x.connectMs)} | ${fmt(x.connectP99, 1)} | ${fmt(x.rssAfterKiB / 1024, 1)} | ${fmt(x.rssPerConnKiB, 2)} |`,
+          `| ${x.target} | ${fmt(x.connected)} | ${x.closedEarly} | ${fmt(x.connectMs)} | ${fmt(x.connectP99, 1)} | ${fmt(x.rssAfterKiB / 1024, 1)} | ${fmt(x.rssPerConnKiB, 2)} |`,
         );
       }
     }
