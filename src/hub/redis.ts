@@ -147,6 +147,28 @@ interface RoomState {
    */
   held: string[] | null;
   heldFor: string | null;
+  /** Publishes numbered in call order. */
+  seq: number;
+  /** Pipelined appends in flight. */
+  pipelined: number;
+  /** After a conflict: publishes waiting to be appended one at a time, by seq; null when pipelining. */
+  recovery: AppendJob[] | null;
+  draining: boolean;
+}
+
+/** A stored message, and a promise that settles once it was delivered here. */
+interface Appended {
+  message: ChatMessage;
+  arrived: Promise<void>;
+}
+
+/** A publish waiting in a room's backlog. */
+interface AppendJob {
+  seq: number;
+  from: Member;
+  draft: Draft;
+  resolve: (done: Appended) => void;
+  reject: (error: unknown) => void;
 }
 
 /** A publish whose message is stored and not yet delivered here. */
@@ -265,6 +287,10 @@ export class RedisHub implements Hub {
       inflight: new Set(),
       held: null,
       heldFor: null,
+      seq: 0,
+      pipelined: 0,
+      recovery: null,
+      draining: false,
     };
     state.ready = (async () => {
       await this.#sub.subscribe(this.#keys.channel(name));
@@ -347,48 +373,111 @@ export class RedisHub implements Hub {
     return message;
   }
 
-  async #append(
+  /**
+   * Stores the message under a fresh id. Appends of a room are pipelined;
+   * after a conflict (another instance took an id first) the store refuses
+   * every append behind it too, and the room switches to one append at a
+   * time, in publish order, until that backlog is through: a sender's
+   * messages keep their order whatever happens.
+   */
+  #append(roomName: string, state: RoomState | null, from: Member, draft: Draft): Promise<Appended> {
+    if (!state) return this.#retry(roomName, null, new IdClock(), from, draft);
+    return new Promise((resolve, reject) => {
+      const job: AppendJob = { seq: ++state.seq, from, draft, resolve, reject };
+      if (state.recovery) {
+        state.recovery.push(job); // the newest seq: it goes last
+        return;
+      }
+      state.pipelined++;
+      this.#attempt(roomName, state, state.clock, from, draft).then(
+        (done) => {
+          state.pipelined--;
+          resolve(done);
+          this.#drain(roomName, state);
+        },
+        (error: unknown) => {
+          state.pipelined--;
+          if (error instanceof HistoryConflictError) {
+            state.recovery ??= [];
+            const queue = state.recovery;
+            const at = queue.findIndex((j) => j.seq > job.seq);
+            queue.splice(at < 0 ? queue.length : at, 0, job);
+          } else {
+            reject(error);
+          }
+          this.#drain(roomName, state);
+        },
+      );
+    });
+  }
+
+  /** Works through the room's backlog one append at a time, once no pipelined append is in flight. */
+  #drain(roomName: string, state: RoomState): void {
+    if (state.draining || state.pipelined > 0 || !state.recovery) return;
+    state.draining = true;
+    void (async () => {
+      for (let job = state.recovery?.shift(); job; job = state.recovery?.shift()) {
+        await this.#retry(roomName, state, state.clock, job.from, job.draft).then(job.resolve, job.reject);
+      }
+      state.recovery = null;
+      state.draining = false;
+    })();
+  }
+
+  async #retry(
     roomName: string,
     state: RoomState | null,
+    clock: IdClock,
     from: Member,
     draft: Draft,
-  ): Promise<{ message: ChatMessage; arrived: Promise<void> }> {
-    const clock = state?.clock ?? new IdClock();
+  ): Promise<Appended> {
     for (let attempt = 0; attempt < MAX_CONFLICTS; attempt++) {
-      if (state?.last) clock.resumeAfter(state.last);
-      const ts = Date.now();
-      const message: ChatMessage = {
-        type: "message",
-        id: clock.next(ts),
-        room: roomName,
-        user: draft.user,
-        message: draft.message,
-        ts,
-      };
-      let delivered!: () => void;
-      const arrived = new Promise<void>((resolve) => {
-        delivered = resolve;
-      });
-      state?.inflight.add(message.id);
-      let ours = false;
       try {
-        await this.#store.append(message);
-        ours = true;
+        return await this.#attempt(roomName, state, clock, from, draft);
       } catch (error) {
-        if (error instanceof HistoryConflictError) {
-          clock.resumeAfter(error.top);
-          continue;
-        }
-        throw error;
-      } finally {
-        // Only now is the id known to be ours: register the echo, then let
-        // through what was held behind it.
-        if (ours) this.#pending.set(`${roomName}\n${message.id}`, { member: from, cid: draft.cid, delivered });
-        if (state) this.#settle(state, message.id);
+        if (!(error instanceof HistoryConflictError)) throw error;
       }
-      return { message, arrived };
     }
     throw new Error(`room ${roomName} is too busy: no free id after ${MAX_CONFLICTS} tries`);
+  }
+
+  /** One try at an id; a conflict rejects with HistoryConflictError after moving the clock past it. */
+  async #attempt(
+    roomName: string,
+    state: RoomState | null,
+    clock: IdClock,
+    from: Member,
+    draft: Draft,
+  ): Promise<Appended> {
+    if (state?.last) clock.resumeAfter(state.last);
+    const ts = Date.now();
+    const message: ChatMessage = {
+      type: "message",
+      id: clock.next(ts),
+      room: roomName,
+      user: draft.user,
+      message: draft.message,
+      ts,
+    };
+    let delivered!: () => void;
+    const arrived = new Promise<void>((resolve) => {
+      delivered = resolve;
+    });
+    state?.inflight.add(message.id);
+    let ours = false;
+    try {
+      await this.#store.append(message);
+      ours = true;
+    } catch (error) {
+      if (error instanceof HistoryConflictError) clock.resumeAfter(error.top);
+      throw error;
+    } finally {
+      // Only now is the id known to be ours: register the echo, then let
+      // through what was held behind it.
+      if (ours) this.#pending.set(`${roomName}\n${message.id}`, { member: from, cid: draft.cid, delivered });
+      if (state) this.#settle(state, message.id);
+    }
+    return { message, arrived };
   }
 
   typing(roomName: string, from: Member): void {

@@ -139,6 +139,36 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
     }
   });
 
+  it("under contention for ids, each sender's messages keep their order (pipelined appends, then retries)", async () => {
+    const built = await makeRedisHubs(3);
+    try {
+      for (let round = 0; round < 15; round++) {
+        const room = `order-${round}`;
+        const members = await Promise.all(
+          built.hubs.map(async (hub, i) => {
+            const member = new Member(new FakeSocket(), `u${i}`, "v1");
+            await hub.join(room, member);
+            member.release(null, null);
+            return { hub, member };
+          }),
+        );
+        const sent: Promise<{ id: string; user: string }>[] = [];
+        for (let k = 0; k < 15; k++) {
+          for (const [s, m] of members.entries())
+            sent.push(m.hub.publish(room, m.member, { user: `s${s}`, message: `${k}` }));
+        }
+        const stored = await Promise.all(sent);
+        for (const s of [0, 1, 2]) {
+          const ids = stored.filter((m) => m.user === `s${s}`).map((m) => m.id);
+          expect([...ids].sort(), `round ${round}, sender ${s}`).toEqual(ids);
+        }
+        for (const m of members) m.hub.leave(room, m.member);
+      }
+    } finally {
+      await built.cleanup();
+    }
+  });
+
   it("after its subscriber reconnects, a hub resubscribes and delivers what it missed, once and in order", async () => {
     const built = await makeRedisHubs(2);
     try {
