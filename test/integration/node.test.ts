@@ -9,7 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
+import { formatMessageId } from "../../src/protocol.ts";
 import { CLOSE_TIMEOUT_MS } from "../../src/runtime/node.ts";
+import { SqliteStore } from "../../src/store/sqlite.ts";
 import { trackForFile } from "../helpers/cleanup.ts";
 import { connect, expectRefused } from "../helpers/client.ts";
 import { nodeTarget, tempHistoryPath } from "../helpers/server.ts";
@@ -192,5 +194,30 @@ describe("node only", () => {
     const res = await fetch(`${server.url}/rooms/locked/messages`);
     const stored = ((await res.json()) as { messages: { message: string }[] }).messages.map((m) => m.message);
     expect(stored).toEqual(["stored", "after"]);
+  });
+
+  it("ids stay above the stored ones when the clock is behind them (restart after a clock step back)", async () => {
+    const historyPath = tempHistoryPath();
+    const ahead = Date.now() + 3_600_000; // the last run's clock was an hour ahead
+    const seeded = new SqliteStore(new Database(historyPath));
+    const old = {
+      type: "message" as const,
+      id: formatMessageId(ahead, 7),
+      room: "clock",
+      user: "u",
+      message: "from the future",
+      ts: ahead,
+    };
+    await seeded.append(old);
+    await seeded.close();
+    const server = await nodeTarget.start({}, { historyPath });
+    const c = await connect(`${server.wsUrl}?room=clock&user=now`, { protocols: "chat.v1" });
+    expect((await c.waitFor("welcome")).history).toEqual([old]);
+    c.send({ message: "first" });
+    c.send({ message: "second" });
+    const [first, second] = await c.collect("message", 2);
+    expect((first!.id as string) > old.id).toBe(true);
+    expect((second!.id as string) > (first!.id as string)).toBe(true);
+    expect(first!.ts as number).toBeLessThan(ahead); // ts stays the server's real time
   });
 });
