@@ -146,6 +146,8 @@ interface RoomState {
    * whether it is our message (which gets the echo) or theirs.
    */
   held: string[] | null;
+  /** Where the next held frame is read (frames before it went out). */
+  heldAt: number;
   heldFor: string | null;
   /** Publishes numbered in call order. */
   seq: number;
@@ -286,6 +288,7 @@ export class RedisHub implements Hub {
       syncing: null,
       inflight: new Set(),
       held: null,
+      heldAt: 0,
       heldFor: null,
       seq: 0,
       pipelined: 0,
@@ -502,19 +505,42 @@ export class RedisHub implements Hub {
 
   #settle(state: RoomState, id: string): void {
     state.inflight.delete(id);
-    if (state.heldFor !== id) return;
-    const held = state.held ?? [];
-    state.held = null;
+    const held = state.held;
+    if (state.heldFor !== id || !held) return;
     state.heldFor = null;
-    // Handled again in order; the next in-flight id among them holds again.
-    for (const payload of held) this.#handle(state, payload);
+    // Frames go out in order until one carries another in-flight id.
+    while (state.heldAt < held.length) {
+      const payload = held[state.heldAt] as string;
+      if (this.#holds(state, payload)) return;
+      state.heldAt++;
+      this.#process(state, payload);
+    }
+    state.held = null;
+    state.heldAt = 0;
+  }
+
+  /** True (and noted in `heldFor`) when the frame is a message with an id this instance is still appending. */
+  #holds(state: RoomState, payload: string): boolean {
+    if (payload[0] !== "m" || state.inflight.size === 0) return false;
+    const a = payload.indexOf("\n");
+    const id = payload.slice(a + 1, payload.indexOf("\n", a + 1));
+    if (!state.inflight.has(id)) return false;
+    state.heldFor = id;
+    return true;
   }
 
   #handle(state: RoomState, payload: string): void {
     if (state.held) {
       state.held.push(payload);
-      return;
+    } else if (this.#holds(state, payload)) {
+      state.held = [payload];
+      state.heldAt = 0;
+    } else {
+      this.#process(state, payload);
     }
+  }
+
+  #process(state: RoomState, payload: string): void {
     const kind = payload[0];
     if (kind === "m") {
       // m \n id \n ts \n user \n message (the message may hold newlines; it is last)
@@ -523,11 +549,6 @@ export class RedisHub implements Hub {
       const c = payload.indexOf("\n", b + 1);
       const d = payload.indexOf("\n", c + 1);
       const id = payload.slice(a + 1, b);
-      if (state.inflight.has(id)) {
-        state.held = [payload];
-        state.heldFor = id;
-        return;
-      }
       this.#deliver(state, {
         type: "message",
         id,
