@@ -6,7 +6,9 @@
  *   it on the room's channel in one atomic step, and refuses an id at or
  *   below the stream's top (another instance got there first: the hub takes
  *   a higher id and tries again). So ids only grow, whatever the instances'
- *   clocks say, and pub/sub order is id order on every instance.
+ *   clocks say, and pub/sub order is id order on every instance. Appends are
+ *   pipelined; after a refusal the room's refused appends are retried one at
+ *   a time in publish order, so a sender's messages keep their order.
  * - Fan-out: an instance subscribes to a room's channel only while it has
  *   members there, and hands what arrives to its LocalRoom, in arrival order.
  *   The sender's echo (with its cid) is matched locally by message id: the
@@ -91,6 +93,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 local action = ARGV[3]
+local back = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
 if action == 'join' then
@@ -98,7 +101,15 @@ if action == 'join' then
 elseif action == 'leave' then
   if ARGV[6] == '1' then redis.call('ZREM', KEYS[1], ARGV[4]) end
 elseif action == 'touch' then
-  for i = 4, #ARGV do redis.call('ZADD', KEYS[1], now + ttl, ARGV[i]) end
+  local was = {}
+  for _, e in ipairs(expired) do was[e] = true end
+  for i = 4, #ARGV do
+    -- Missing, and not just expired here: another instance already told the
+    -- room this name left (this one stalled past the TTL), so say it is back.
+    if redis.call('ZADD', KEYS[1], now + ttl, ARGV[i]) == 1 and not was[ARGV[i]] then
+      back[#back + 1] = string.sub(ARGV[i], string.find(ARGV[i], '|', 1, true) + 1)
+    end
+  end
 end
 if action ~= 'list' and redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) end
 local seen, names = {}, {}
@@ -114,6 +125,7 @@ for _, e in ipairs(expired) do
     redis.call('PUBLISH', ARGV[1], 'p\\nleft\\n' .. n .. '\\n' .. list)
   end
 end
+for _, n in ipairs(back) do redis.call('PUBLISH', ARGV[1], 'p\\njoined\\n' .. n .. '\\n' .. list) end
 if action == 'join' then
   redis.call('PUBLISH', ARGV[1], 'p\\njoined\\n' .. ARGV[5] .. '\\n' .. list)
 elseif action == 'leave' then

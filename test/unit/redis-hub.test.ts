@@ -254,6 +254,31 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
     }
   });
 
+  it("a name whose entry vanished (Redis lost it, or it expired during a stall) is announced again by the next heartbeat", async () => {
+    const built = await makeRedisHubs(2, { presenceTtlMs: 600 });
+    const [a, b] = built.hubs as [RedisHub, RedisHub];
+    try {
+      const room = "back";
+      const watch = new FakeSocket();
+      const w = new Member(watch, "wes", "v1");
+      await b.join(room, w);
+      w.release(null, null);
+      const s = new Member(new FakeSocket(), "stan", "v1");
+      await a.join(room, s);
+      await watch.waitFor((f) => f.type === "presence" && f.joined === "stan");
+      await built.clients[0]![0]!.zrem(`${built.prefix}{${room}}:online`, `${a.instanceId}|stan`);
+      expect(await b.users(room)).toEqual(["wes"]);
+      const frames = await watch.waitFor((f) => f.type === "presence" && f.joined === "stan", 2, 3000);
+      const again = frames.at(-1);
+      expect(again!.users).toEqual(["stan", "wes"]);
+      expect(await b.users(room)).toEqual(["stan", "wes"]);
+      a.leave(room, s);
+      b.leave(room, w);
+    } finally {
+      await built.cleanup();
+    }
+  });
+
   it("is unhealthy and rejects publishes at once while Redis does not answer", async () => {
     const redis = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 300 });
     const subscriber = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 300 });
