@@ -214,6 +214,11 @@ export interface RedisHubOptions {
   instanceId?: string;
   /** Quit both clients on close. @default true */
   ownsClients?: boolean;
+  /**
+   * A per-instance history (HISTORY=sqlite|memory) that gets a copy of every
+   * message delivered here; the room's stream still orders them. @default none
+   */
+  mirror?: HistoryStore | null;
 }
 
 /** Attempts at one publish when other instances keep taking the next id. */
@@ -229,6 +234,7 @@ export class RedisHub implements Hub {
   readonly #ttl: number;
   readonly #catchUpLimit: number;
   readonly #owns: boolean;
+  readonly #mirror: HistoryStore | null;
   readonly #rooms = new Map<string, RoomState>();
   /** `room\nid` -> the publish waiting for its own delivery (the echo). */
   readonly #pending = new Map<string, Pending>();
@@ -248,6 +254,7 @@ export class RedisHub implements Hub {
     this.#ttl = options.presenceTtlMs ?? 6000;
     this.#catchUpLimit = options.catchUpLimit ?? 1000;
     this.#owns = options.ownsClients ?? true;
+    this.#mirror = options.mirror ?? null;
     this.instanceId = options.instanceId ?? globalThis.crypto.randomUUID().slice(0, 13);
     if (!("chatPresence" in this.#redis)) {
       this.#redis.defineCommand("chatPresence", { numberOfKeys: 1, lua: PRESENCE_SCRIPT });
@@ -599,6 +606,13 @@ export class RedisHub implements Hub {
     if (pending) this.#pending.delete(key);
     state.local.deliverMessage(message, serialize(message), pending?.member ?? null, pending?.cid);
     pending?.delivered();
+    if (this.#mirror) {
+      Promise.resolve()
+        .then(() => this.#mirror?.append(message))
+        .catch((error: unknown) => {
+          this.#log.warn({ room: message.room, err: String(error) }, "local history copy failed");
+        });
+    }
   }
 
   /** After a reconnect: subscribe every room again, then read what was missed. */
@@ -701,28 +715,28 @@ export async function createRedisParts(
   logger: Logger,
   local: HistoryStore | null,
 ): Promise<{ hub: Hub; store: HistoryStore }> {
-  if (local !== null) {
-    await local.close();
-    // The room's stream is what orders its messages across instances, so it
-    // is also the history; a per-instance file would miss other instances' messages.
-    throw new Error(
-      `HUB=redis keeps history in Redis: leave HISTORY unset or set HISTORY=redis (not ${config.history})`,
-    );
-  }
   const instanceId = globalThis.crypto.randomUUID().slice(0, 13);
   const redis = createRedisClient(config.redisUrl, { name: `chat-${instanceId}` });
   const subscriber = createRedisClient(config.redisUrl, { name: `chat-${instanceId}-sub` });
-  const store = new RedisStore(redis, { limit: config.historyLimit, prefix: config.redisPrefix, publish: true });
+  // The room's stream orders its messages whatever HISTORY says.
+  const stream = new RedisStore(redis, { limit: config.historyLimit, prefix: config.redisPrefix, publish: true });
   const hub = new RedisHub({
     redis,
     subscriber,
-    store,
+    store: stream,
     logger: logger.child({ instance: instanceId }),
     prefix: config.redisPrefix,
     instanceId,
+    mirror: local,
   });
+  if (local) {
+    logger.warn(
+      { history: config.history },
+      "HUB=redis with a per-instance history: each instance keeps only the rooms it serves, so a client resuming on another instance may miss messages; leave HISTORY unset (redis) for that",
+    );
+  }
   const [a, b] = await Promise.all([waitReady(redis, 3000), waitReady(subscriber, 3000)]);
   // The host only: the URL may carry a password.
   if (!a || !b) logger.warn({ redis: new URL(config.redisUrl).host }, "redis does not answer yet; starting degraded");
-  return { hub, store };
+  return { hub, store: local ?? stream };
 }
