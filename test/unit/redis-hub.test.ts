@@ -4,6 +4,7 @@ import { Member } from "../../src/hub/hub.ts";
 import { createRedisClient, RedisHub, waitReady } from "../../src/hub/redis.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
 import { formatMessageId } from "../../src/protocol.ts";
+import { MemoryStore } from "../../src/store/memory.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
@@ -276,6 +277,34 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
       b.leave(room, w);
     } finally {
       await built.cleanup();
+    }
+  });
+
+  it("with a per-instance history (HISTORY=memory), each delivered message is copied there in order", async () => {
+    const prefix = uniquePrefix("hub");
+    prefixes.push(prefix);
+    const redis = createRedisClient(REDIS_URL);
+    const subscriber = createRedisClient(REDIS_URL);
+    await Promise.all([waitReady(redis, 3000), waitReady(subscriber, 3000)]);
+    const mirror = new MemoryStore();
+    const hub = new RedisHub({
+      redis,
+      subscriber,
+      store: new RedisStore(redis, { prefix, publish: true }),
+      logger: silentLogger,
+      prefix,
+      mirror,
+    });
+    try {
+      const m = new Member(new FakeSocket(), "al", "v1");
+      await hub.join("mirror", m);
+      m.release(null, null);
+      const sent = [];
+      for (const text of ["a", "b", "c"]) sent.push(await hub.publish("mirror", m, { user: "al", message: text }));
+      expect(await mirror.latest("mirror", 10)).toEqual(sent);
+      hub.leave("mirror", m);
+    } finally {
+      await hub.close();
     }
   });
 
