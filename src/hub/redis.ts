@@ -623,8 +623,10 @@ export class RedisHub implements Hub {
     try {
       await this.#sub.subscribe(...rooms.map(([name]) => this.#keys.channel(name)));
     } catch (error) {
-      // The connection dropped again; its next "ready" tries again.
+      // The connection dropped again, and its next "ready" tries again; or
+      // it timed out on a live connection, which is then restarted for that.
       this.#log.warn({ err: String(error) }, "resubscribe failed");
+      if (this.#sub.status === "ready") this.#sub.disconnect(true);
       return;
     }
     this.#log.info({ rooms: rooms.length }, "resubscribed; catching up");
