@@ -496,8 +496,10 @@ export class RedisHub implements Hub {
     } finally {
       // Only now is the id known to be ours: register the echo, then let
       // through what was held behind it.
-      if (ours) this.#pending.set(`${roomName}\n${message.id}`, { member: from, cid: draft.cid, delivered });
-      if (state) this.#settle(state, message.id);
+      if (state) {
+        if (ours) this.#pending.set(`${roomName}\n${message.id}`, { member: from, cid: draft.cid, delivered });
+        this.#settle(state, message.id);
+      }
     }
     return { message, arrived };
   }
