@@ -242,6 +242,7 @@ export class RedisHub implements Hub {
   #beating = false;
   #beatOk = true;
   #closed = false;
+  #closing: Promise<void> | null = null;
   /** This instance, in presence entries. */
   readonly instanceId: string;
 
@@ -684,8 +685,12 @@ export class RedisHub implements Hub {
     }
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     clearInterval(this.#beat);
     // Take this instance's names off the online lists now rather than at expiry.
     const leaving: Promise<unknown>[] = [];
