@@ -1,8 +1,8 @@
 /**
  * The whole black-box server suite against a Node server with HUB=redis, so
  * every protocol rule is checked with Redis doing the ordering, fan-out and
- * history. Opt-in (REDIS_SERVER_SUITE=1): it repeats the Node suite (~25 s),
- * and redis-cluster.test.ts already covers what only HUB=redis does.
+ * history (about 25 s). redis-cluster.test.ts covers what only HUB=redis
+ * does (several instances, faults).
  */
 import { describe } from "vitest";
 import { trackForFile } from "../helpers/cleanup.ts";
@@ -10,8 +10,7 @@ import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers
 import { spawnTarget } from "../helpers/server.ts";
 import { serverSuite } from "./server.suite.ts";
 
-const optedIn = process.env.REDIS_SERVER_SUITE === "1";
-const reason = !optedIn ? "opt-in: REDIS_SERVER_SUITE=1 runs it (about 25 s)" : redisSkipReason;
+const reason = redisSkipReason;
 
 describe.skipIf(reason !== null)(`server suite with HUB=redis${reason ? ` (skipped: ${reason})` : ""}`, () => {
   const prefix = uniquePrefix("suite");
