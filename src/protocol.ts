@@ -184,19 +184,32 @@ export function parseMessageId(id: string): { ms: number; seq: number } | null {
   return { ms: Number(id.slice(0, 13)), seq: Number(id.slice(14)) };
 }
 
-const messageSchema = z.object({
-  message: z.string({ error: "message must be a string" }),
-  user: z.unknown().optional(),
-  cid: z
-    .string({ error: "cid must be a string" })
-    .max(MAX_CID_LENGTH, `cid must be at most ${MAX_CID_LENGTH} characters`)
-    .optional(),
-});
-
-const historySchema = z.object({
-  before: z.string().regex(ID_PATTERN, "before must be a message id").optional(),
-  limit: z.number().int().positive().optional(),
-});
+/**
+ * The frame schemas, built on first use. Building them lazily keeps this
+ * module free of top-level work, so a bundle that imports only the names,
+ * rules and types (the browser client) leaves zod out entirely.
+ */
+let built: ReturnType<typeof buildSchemas> | undefined;
+function schemas(): ReturnType<typeof buildSchemas> {
+  if (built === undefined) built = buildSchemas();
+  return built;
+}
+function buildSchemas() {
+  return {
+    message: z.object({
+      message: z.string({ error: "message must be a string" }),
+      user: z.unknown().optional(),
+      cid: z
+        .string({ error: "cid must be a string" })
+        .max(MAX_CID_LENGTH, `cid must be at most ${MAX_CID_LENGTH} characters`)
+        .optional(),
+    }),
+    history: z.object({
+      before: z.string().regex(ID_PATTERN, "before must be a message id").optional(),
+      limit: z.number().int().positive().optional(),
+    }),
+  };
+}
 
 function firstIssue(error: z.ZodError): string {
   const issue = error.issues[0];
@@ -240,7 +253,7 @@ export function parseClientFrame(
   if (type === "ping") return { ok: true, frame: { type: "ping" } };
   if (type === "typing") return { ok: true, frame: { type: "typing" } };
   if (type === "history") {
-    const parsed = historySchema.safeParse(obj);
+    const parsed = schemas().history.safeParse(obj);
     if (!parsed.success) return fail("invalid_frame", firstIssue(parsed.error));
     const limit = Math.min(parsed.data.limit ?? limits.defaultHistoryLimit, limits.maxHistoryLimit);
     const frame: ClientFrame = { type: "history", limit };
@@ -248,7 +261,7 @@ export function parseClientFrame(
     return { ok: true, frame };
   }
 
-  const parsed = messageSchema.safeParse(obj);
+  const parsed = schemas().message.safeParse(obj);
   if (!parsed.success) {
     if (obj.message === undefined) return fail("invalid_message", "message is required");
     return fail("invalid_message", firstIssue(parsed.error));

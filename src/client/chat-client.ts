@@ -7,11 +7,17 @@
  * nothing is duplicated), notices a dead connection with the protocol's
  * app-level ping, and queues sends while offline.
  *
- * Frames and types come from the one protocol module; only its types are
- * imported, so the browser bundle carries no validation library (see rules.ts).
+ * Frames, types and rules come from the one protocol module, which builds
+ * its validation schemas lazily, so the browser bundle leaves zod out.
  */
-import type { ChatMessage, ErrorCode, ErrorFrame, ServerFrame, WelcomeFrame } from "../protocol.ts";
-import { SUBPROTOCOL } from "./rules.ts";
+import {
+  type ChatMessage,
+  type ErrorCode,
+  type ErrorFrame,
+  type ServerFrame,
+  SUBPROTOCOL,
+  type WelcomeFrame,
+} from "../protocol.ts";
 
 // Function types declared through a method are checked bivariantly, so both
 // the DOM WebSocket and `ws` (whose event types differ) fit this interface.

@@ -4,9 +4,9 @@
  * static/app.bundle.js. Every text from the network goes through
  * `textContent`, never HTML.
  */
-import type { ChatMessage } from "../protocol.ts";
+
+import { type ChatMessage, MAX_NAME_LENGTH, nameProblem, roomProblem } from "../protocol.ts";
 import { ChatClient, ChatError } from "./chat-client.ts";
-import { isValidName, isValidRoom, MAX_NAME_LENGTH } from "./rules.ts";
 
 const NAME_KEY = "chat.name";
 const DEFAULT_ROOM = "lobby";
@@ -57,7 +57,7 @@ function make<K extends keyof HTMLElementTagNameMap>(
 
 function roomFromHash(): string {
   const raw = decodeURIComponent(location.hash.slice(1));
-  return isValidRoom(raw) ? raw : DEFAULT_ROOM;
+  return roomProblem(raw) === null ? raw : DEFAULT_ROOM;
 }
 
 function storedName(): string {
@@ -381,7 +381,7 @@ function askName(message = ""): void {
 ui.joinForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const name = ui.name.value.trim();
-  if (!isValidName(name)) {
+  if (nameProblem(name) !== null) {
     ui.joinError.textContent = `A name is 1 to ${MAX_NAME_LENGTH} characters, without control characters.`;
     return;
   }
@@ -412,7 +412,7 @@ ui.older.addEventListener("click", () => void loadOlder());
 ui.roomForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const room = ui.roomInput.value.trim();
-  if (!isValidRoom(room)) return;
+  if (roomProblem(room) !== null) return;
   if (room === roomFromHash() && client) {
     ui.input.focus();
     return;
@@ -429,7 +429,7 @@ window.addEventListener("hashchange", () => {
     return;
   }
   const name = client.user ?? storedName();
-  if (client.room !== room && isValidName(name)) start(name, room);
+  if (client.room !== room && nameProblem(name) === null) start(name, room);
 });
 
 ui.rename.addEventListener("click", () => askName());
@@ -449,5 +449,5 @@ document.addEventListener("visibilitychange", () => {
 });
 
 const initialName = storedName();
-if (isValidName(initialName)) start(initialName, roomFromHash());
+if (nameProblem(initialName) === null) start(initialName, roomFromHash());
 else askName();
