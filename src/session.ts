@@ -263,7 +263,9 @@ export class Session {
 
   #error(code: ErrorCode, message: string, cid?: string): void {
     this.deps.metrics.errorSent(code);
-    this.#log.debug({ code, cid }, message);
+    // One line per error at the default level, as operators expect; the
+    // counter in /metrics is the cheap way to watch rates.
+    this.#log.info({ code, cid, reason: message }, "error sent to client");
     this.#member?.deliver(serialize(errorFrame(code, message, cid)));
   }
 
