@@ -170,3 +170,17 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
   };
 }
+
+/**
+ * {@link loadConfig} for a runtime entry: a bad setting prints its message
+ * and exits 1 instead of throwing a stack trace at the operator.
+ */
+export function loadConfigOrExit(env: Record<string, string | undefined>, exit: (code: number) => never): Config {
+  try {
+    return loadConfig(env);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(error.message);
+    return exit(1);
+  }
+}

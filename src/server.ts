@@ -59,3 +59,46 @@ export async function buildServer(parts: ServerParts): Promise<Chat & { hub: Hub
   );
   return { ...chat, hub, store };
 }
+
+/** The runtime's own ways to stop: each serves and tracks sockets its way. */
+export interface RuntimeStop {
+  /** Stops accepting connections (and the heartbeat); open ones are closed by the chat. */
+  stopAccepting(): void;
+  /** Waits at most `ms` for the WebSockets to finish closing, then ends what is left. */
+  drained(ms: number): Promise<void>;
+  exit(code: number): void;
+}
+
+/**
+ * The contract's graceful shutdown, the same on every runtime: stop
+ * accepting, close every connection with 1001, flush the store, exit 0 —
+ * within SHUTDOWN_TIMEOUT_MS whatever hangs. Returns the signal handler.
+ */
+export function gracefulShutdown(
+  chat: Chat,
+  config: Config,
+  logger: Logger,
+  runtime: RuntimeStop,
+): (signal: string) => Promise<void> {
+  let stopping = false;
+  return async (signal) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, connections: chat.sessions.size }, "shutting down");
+    const timer = setTimeout(() => {
+      logger.warn({}, "shutdown timed out; exiting");
+      runtime.exit(0);
+    }, config.shutdownTimeoutMs) as { unref?(): void };
+    timer.unref?.();
+    runtime.stopAccepting();
+    try {
+      await chat.shutdown();
+    } catch (error) {
+      logger.error({ err: String(error) }, "shutdown failed");
+    }
+    // Give the 1001 close frames a moment to reach the clients.
+    await runtime.drained(1000);
+    logger.info({}, "stopped");
+    runtime.exit(0);
+  };
+}

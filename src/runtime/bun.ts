@@ -10,10 +10,10 @@
 import { mkdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { serveStatic, upgradeWebSocket } from "hono/bun";
-import { type Config, ConfigError, loadConfig } from "../config.ts";
+import { loadConfigOrExit } from "../config.ts";
 import { createLogger } from "../observability/pino.ts";
 import { PrometheusMetrics } from "../observability/prometheus.ts";
-import { buildServer } from "../server.ts";
+import { buildServer, gracefulShutdown } from "../server.ts";
 import type { SqliteDatabase } from "../store/sqlite.ts";
 import { type BunServer, contractUpgrader, topicBroadcaster, toSocket, websocketOptions } from "./bun-ws.ts";
 
@@ -26,16 +26,7 @@ const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
 
 /** Starts the chat on Bun (`bun run src/index.ts`); config from the environment. */
 export async function main(env: Record<string, string | undefined> = process.env): Promise<void> {
-  let config: Config;
-  try {
-    config = loadConfig(env);
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      console.error(error.message);
-      process.exit(1);
-    }
-    throw error;
-  }
+  const config = loadConfigOrExit(env, process.exit);
   const logger = createLogger(config);
   // The broadcaster needs the server, which needs the app: filled in below.
   let server: BunServer | null = null;
@@ -68,29 +59,18 @@ export async function main(env: Record<string, string | undefined> = process.env
   const scheme = tls ? "https" : "http";
   logger.info({ url: `${scheme}://${config.host}:${bun.port}`, port: bun.port }, "listening");
 
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal, connections: chat.sessions.size }, "shutting down");
-    setTimeout(() => {
-      logger.warn({}, "shutdown timed out; exiting");
-      process.exit(0);
-    }, config.shutdownTimeoutMs).unref();
-    ws.stopHeartbeat();
-    void bun.stop(false); // no new connections; open ones are closed below
-    try {
-      await chat.shutdown();
-    } catch (error) {
-      logger.error({ err: String(error) }, "shutdown failed");
-    }
-    // Give the 1001 close frames a moment to reach the clients.
-    const deadline = Date.now() + 1000;
-    while (ws.sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    await bun.stop(true);
-    logger.info({}, "stopped");
-    process.exit(0);
-  };
+  const stop = gracefulShutdown(chat, config, logger, {
+    stopAccepting() {
+      ws.stopHeartbeat();
+      void bun.stop(false); // no new connections; open ones are closed by the chat
+    },
+    async drained(ms) {
+      const deadline = Date.now() + ms;
+      while (ws.sockets.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      await bun.stop(true);
+    },
+    exit: process.exit,
+  });
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
 }

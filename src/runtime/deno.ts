@@ -15,10 +15,10 @@
  */
 import { fileURLToPath } from "node:url";
 import { serveStatic } from "hono/deno";
-import { type Config, ConfigError, loadConfig } from "../config.ts";
+import { loadConfigOrExit } from "../config.ts";
 import { createLogger } from "../observability/pino.ts";
 import { PrometheusMetrics } from "../observability/prometheus.ts";
-import { buildServer } from "../server.ts";
+import { buildServer, gracefulShutdown } from "../server.ts";
 import { nulSafeNodeSqlite } from "../store/node-sqlite.ts";
 import type { SqliteDatabase } from "../store/sqlite.ts";
 import { toSocket, upgradeWebSocket } from "./deno-ws.ts";
@@ -41,16 +41,7 @@ const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
 
 /** Starts the chat on Deno (`deno run -A src/index.ts`); config from the environment. */
 export async function main(env: Record<string, string | undefined> = Deno.env.toObject()): Promise<void> {
-  let config: Config;
-  try {
-    config = loadConfig(env);
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      console.error(error.message);
-      Deno.exit(1);
-    }
-    throw error;
-  }
+  const config = loadConfigOrExit(env, Deno.exit);
   const logger = createLogger(config);
   const { DatabaseSync } = (await import("node:sqlite" as string)) as {
     DatabaseSync: new (path: string) => SqliteDatabase;
@@ -82,27 +73,16 @@ export async function main(env: Record<string, string | undefined> = Deno.env.to
     (req) => chat.app.fetch(req),
   );
 
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal, connections: chat.sessions.size }, "shutting down");
-    setTimeout(() => {
-      logger.warn({}, "shutdown timed out; exiting");
-      Deno.exit(0);
-    }, config.shutdownTimeoutMs);
+  let closed: Promise<void> = Promise.resolve();
+  const stop = gracefulShutdown(chat, config, logger, {
     // shutdown() stops accepting at once and settles when every request,
     // the closed WebSockets included, is done.
-    const closed = server.shutdown();
-    try {
-      await chat.shutdown();
-    } catch (error) {
-      logger.error({ err: String(error) }, "shutdown failed");
-    }
-    await Promise.race([closed, new Promise((r) => setTimeout(r, 1000))]);
-    logger.info({}, "stopped");
-    Deno.exit(0);
-  };
+    stopAccepting() {
+      closed = server.shutdown();
+    },
+    drained: (ms) => Promise.race([closed, new Promise<void>((r) => setTimeout(r, ms))]),
+    exit: Deno.exit,
+  });
   Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
   Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
 }

@@ -13,12 +13,12 @@ import Database from "better-sqlite3";
 import type { WSContext } from "hono/ws";
 import * as wsModule from "ws";
 import { type WebSocket, WebSocketServer } from "ws";
-import { type Config, ConfigError, loadConfig } from "../config.ts";
+import { type Config, loadConfigOrExit } from "../config.ts";
 import type { ChatSocket, SharedFrame } from "../hub/hub.ts";
 import { createLogger } from "../observability/pino.ts";
 import { PrometheusMetrics } from "../observability/prometheus.ts";
 import { selectSubprotocol } from "../protocol.ts";
-import { buildServer } from "../server.ts";
+import { buildServer, gracefulShutdown } from "../server.ts";
 import { handleUpgrades, upgradeWebSocket } from "./node-ws.ts";
 
 const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
@@ -202,16 +202,7 @@ function startHeartbeat(wss: WebSocketServer, intervalMs: number): () => void {
 }
 
 export async function main(env: Record<string, string | undefined> = process.env): Promise<void> {
-  let config: Config;
-  try {
-    config = loadConfig(env);
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      console.error(error.message);
-      process.exit(1);
-    }
-    throw error;
-  }
+  const config = loadConfigOrExit(env, process.exit);
   const logger = createLogger(config);
   const chat = await buildServer({
     config,
@@ -253,31 +244,19 @@ export async function main(env: Record<string, string | undefined> = process.env
   });
   const stopHeartbeat = startHeartbeat(wss, config.heartbeatMs);
 
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal, connections: chat.sessions.size }, "shutting down");
-    // Whatever happens below, exit within the contract's 5 s.
-    setTimeout(() => {
-      logger.warn({}, "shutdown timed out; exiting");
-      process.exit(0);
-    }, config.shutdownTimeoutMs).unref();
-    stopHeartbeat();
-    server.close(); // no new connections; open ones are closed below
-    try {
-      await chat.shutdown();
-    } catch (error) {
-      logger.error({ err: String(error) }, "shutdown failed");
-    }
-    // Give the 1001 close frames a moment to reach the clients.
-    const deadline = Date.now() + 1000;
-    while (wss.clients.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    for (const ws of wss.clients) ws.terminate();
-    server.closeAllConnections?.();
-    logger.info({}, "stopped");
-    process.exit(0);
-  };
+  const stop = gracefulShutdown(chat, config, logger, {
+    stopAccepting() {
+      stopHeartbeat();
+      server.close(); // no new connections; open ones are closed by the chat
+    },
+    async drained(ms) {
+      const deadline = Date.now() + ms;
+      while (wss.clients.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      for (const ws of wss.clients) ws.terminate();
+      server.closeAllConnections?.();
+    },
+    exit: process.exit,
+  });
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
 }
