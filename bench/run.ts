@@ -76,6 +76,14 @@ const TARGETS: Target[] = [
   },
   { name: "ours bun sqlite", runtime: "bun", role: "ours", command: [BUN, "run", "src/index.ts"], path: OURS_PATH },
   {
+    name: "ours bun memory",
+    runtime: "bun",
+    role: "ours",
+    command: [BUN, "run", "src/index.ts"],
+    env: { HISTORY: "memory" },
+    path: OURS_PATH,
+  },
+  {
     name: "ours deno sqlite",
     runtime: "deno",
     role: "ours",
