@@ -31,9 +31,12 @@ export interface AppDeps {
   runtime?: string;
 }
 
+/** Hono's env for the app: what the upgrade check hands the WebSocket handler. */
+export type ChatEnv = { Variables: { chatSession: SessionInit } };
+
 /** The app plus what a runtime entry needs to run and stop it. */
 export interface Chat {
-  app: Hono;
+  app: Hono<ChatEnv>;
   /** Open sessions, for shutdown. */
   readonly sessions: ReadonlySet<Session>;
   /** Stop accepting connections (/healthz turns 503). */
@@ -149,7 +152,7 @@ export function createChat(deps: AppDeps): Chat {
   const toSocket = deps.toSocket ?? defaultToSocket;
   const sessions = new Set<Session>();
   let draining = false;
-  const app = new Hono();
+  const app = new Hono<ChatEnv>();
 
   app.use("*", securityHeaders());
 
@@ -215,11 +218,11 @@ export function createChat(deps: AppDeps): Chat {
         mode: selectSubprotocol(c.req.header("sec-websocket-protocol")) ? "v1" : "seed",
         since: params.since,
       };
-      c.set("chatSession" as never, init as never);
+      c.set("chatSession", init);
       await next();
     },
     deps.upgradeWebSocket((c) => {
-      const init = c.get("chatSession" as never) as SessionInit;
+      const init: SessionInit = c.get("chatSession");
       const session = new Session({ hub, store, config, logger, metrics }, init);
       const id = `c${(++nextSocketId).toString(36)}`;
       let started = false;
