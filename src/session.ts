@@ -91,7 +91,9 @@ export class Session {
   #lastTyping = 0;
   readonly #openedAt = Date.now();
   #received = 0;
-  #log: Logger;
+  /** The shared logger: a pino child per connection would cost memory on every idle socket. */
+  readonly #log: Logger;
+  #conn = "";
 
   constructor(
     readonly deps: SessionDeps,
@@ -117,14 +119,14 @@ export class Session {
     if (this.#member) return;
     const { hub, metrics, config } = this.deps;
     const { room, name, mode } = this.init;
-    this.#log = this.deps.logger.child({ conn: socket.id });
+    this.#conn = socket.id;
     const member = new Member(socket, name, mode, config.maxBufferedBytes, () => {
       metrics.slowConsumerClosed();
-      this.#log.warn({ room }, "closing a client that does not read");
+      this.#log.warn({ conn: this.#conn, room }, "closing a client that does not read");
     });
     this.#member = member;
     metrics.connectionOpened(mode);
-    this.#log.info({ room, user: name, mode }, "connection opened");
+    this.#log.info({ conn: this.#conn, room, user: name, mode }, "connection opened");
     try {
       const users = await hub.join(room, member);
       if (this.#closed) {
@@ -138,7 +140,7 @@ export class Session {
         member.release(null, null);
       }
     } catch (error) {
-      this.#log.error({ room, err: String(error) }, "join failed");
+      this.#log.error({ conn: this.#conn, room, err: String(error) }, "join failed");
       // Leave now rather than when the close completes: a member that is
       // never released would hold every frame of the room until then.
       member.detach();
@@ -231,7 +233,7 @@ export class Session {
             member.deliver(serialize(reply));
           },
           (error: unknown) => {
-            this.#log.error({ room, err: String(error) }, "history read failed");
+            this.#log.error({ conn: this.#conn, room, err: String(error) }, "history read failed");
             this.#error("unavailable", "history is unavailable, try again");
           },
         );
@@ -248,7 +250,7 @@ export class Session {
         hub.publish(room, member, draft).then(
           () => metrics.messageAccepted(),
           (error: unknown) => {
-            this.#log.error({ room, err: String(error) }, "message not stored");
+            this.#log.error({ conn: this.#conn, room, err: String(error) }, "message not stored");
             this.#error(
               "unavailable",
               "the message could not be stored; it was not delivered, send it again",
@@ -265,7 +267,7 @@ export class Session {
     this.deps.metrics.errorSent(code);
     // One line per error at the default level, as operators expect; the
     // counter in /metrics is the cheap way to watch rates.
-    this.#log.info({ code, cid, reason: message }, "error sent to client");
+    this.#log.info({ conn: this.#conn, code, cid, reason: message }, "error sent to client");
     this.#member?.deliver(serialize(errorFrame(code, message, cid)));
   }
 
@@ -290,7 +292,7 @@ export class Session {
     this.deps.hub.leave(this.init.room, member);
     this.deps.metrics.connectionClosed(this.init.mode);
     this.#log.info(
-      { room: this.init.room, code, frames: this.#received, ms: Date.now() - this.#openedAt },
+      { conn: this.#conn, room: this.init.room, code, frames: this.#received, ms: Date.now() - this.#openedAt },
       "connection closed",
     );
   }
