@@ -105,44 +105,73 @@ export function spawnTarget(
   };
 }
 
-function waitListening(name: string, child: ChildProcess, env: Record<string, string>): Promise<RunningServer> {
-  let out = "";
-  let lineBuf = "";
-  let exit: { code: number | null; signal: string | null } | null = null;
-  const exited = new Promise<{ code: number | null; signal: string | null }>((res) => {
-    child.once("exit", (code, signal) => {
-      exit = { code, signal };
-      res(exit);
-    });
-  });
-  const append = (chunk: Buffer) => {
-    out += chunk.toString();
-    if (out.length > MAX_OUTPUT) out = out.slice(-MAX_OUTPUT / 2);
-  };
-  child.stderr?.on("data", append);
+/**
+ * A spawned server process: its output (bounded), its exit, and the
+ * {@link RunningServer} handle once its port is known. `signal` is how a
+ * signal reaches it (the process, or its whole group), `reap` what to do
+ * after it exited (end children that outlived it).
+ */
+export class ServerProcess {
+  #out = "";
+  exit: { code: number | null; signal: string | null } | null = null;
+  readonly exited: Promise<{ code: number | null; signal: string | null }>;
 
-  const handle = (port: number): RunningServer => ({
-    url: `http://127.0.0.1:${port}`,
-    wsUrl: `ws://127.0.0.1:${port}/websocket`,
-    pid: child.pid ?? -1,
-    env,
-    async stop(signal: NodeJS.Signals = "SIGTERM") {
-      const t0 = Date.now();
-      if (exit) return { ...exit, ms: 0 };
-      child.kill(signal);
-      // Bounded: a server that ignores the signal is killed after 10 s.
-      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-      const result = await exited;
-      clearTimeout(timer);
-      return { ...result, ms: Date.now() - t0 };
-    },
-    async kill() {
-      if (exit) return;
-      child.kill("SIGKILL");
-      await exited;
-    },
-    output: () => out,
-  });
+  constructor(
+    readonly child: ChildProcess,
+    readonly signal: (signal: NodeJS.Signals) => void = (sig) => child.kill(sig),
+    readonly reap: () => void = () => {},
+  ) {
+    this.exited = new Promise((res) => {
+      child.once("exit", (code, sig) => {
+        this.exit = { code, signal: sig };
+        res(this.exit);
+      });
+    });
+  }
+
+  append(chunk: Buffer): void {
+    this.#out += chunk.toString();
+    if (this.#out.length > MAX_OUTPUT) this.#out = this.#out.slice(-MAX_OUTPUT / 2);
+  }
+
+  output(): string {
+    return this.#out;
+  }
+
+  handle(port: number, env: Record<string, string>): RunningServer {
+    return {
+      url: `http://127.0.0.1:${port}`,
+      wsUrl: `ws://127.0.0.1:${port}/websocket`,
+      pid: this.child.pid ?? -1,
+      env,
+      stop: async (signal: NodeJS.Signals = "SIGTERM") => {
+        const t0 = Date.now();
+        if (!this.exit) {
+          this.signal(signal);
+          // Bounded: a server that ignores the signal is killed after 10 s.
+          const timer = setTimeout(() => this.signal("SIGKILL"), 10_000);
+          await this.exited;
+          clearTimeout(timer);
+        }
+        this.reap();
+        return { ...(this.exit ?? { code: null, signal: null }), ms: Date.now() - t0 };
+      },
+      kill: async () => {
+        if (!this.exit) {
+          this.signal("SIGKILL");
+          await this.exited;
+        }
+        this.reap();
+      },
+      output: () => this.#out,
+    };
+  }
+}
+
+function waitListening(name: string, child: ChildProcess, env: Record<string, string>): Promise<RunningServer> {
+  const proc = new ServerProcess(child);
+  let lineBuf = "";
+  child.stderr?.on("data", (chunk: Buffer) => proc.append(chunk));
 
   return new Promise((resolvePromise, reject) => {
     let settled = false;
@@ -150,12 +179,12 @@ function waitListening(name: string, child: ChildProcess, env: Record<string, st
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      if (!exit) child.kill("SIGKILL");
-      reject(new Error(`${name} server ${why}; output:\n${out.slice(-8000)}`));
+      if (!proc.exit) child.kill("SIGKILL");
+      reject(new Error(`${name} server ${why}; output:\n${proc.output().slice(-8000)}`));
     };
     const timer = setTimeout(() => fail(`did not log "listening" within ${START_TIMEOUT_MS} ms`), START_TIMEOUT_MS);
     child.stdout?.on("data", (chunk: Buffer) => {
-      append(chunk);
+      proc.append(chunk);
       if (settled) return;
       lineBuf += chunk.toString();
       let nl = lineBuf.indexOf("\n");
@@ -169,7 +198,7 @@ function waitListening(name: string, child: ChildProcess, env: Record<string, st
           if (rec.msg === "listening" && typeof rec.port === "number") {
             settled = true;
             clearTimeout(timer);
-            resolvePromise(handle(rec.port));
+            resolvePromise(proc.handle(rec.port, env));
             return;
           }
         } catch {
@@ -178,7 +207,7 @@ function waitListening(name: string, child: ChildProcess, env: Record<string, st
       }
     });
     child.once("error", (e) => fail(`could not start (${e.message})`));
-    void exited.then((e) => fail(`exited early (code ${e.code}, signal ${e.signal})`));
+    void proc.exited.then((e) => fail(`exited early (code ${e.code}, signal ${e.signal})`));
   });
 }
 

@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { resolve } from "node:path";
 import { track } from "./cleanup.ts";
-import { type RunningServer, type ServerTarget, tempHistoryPath } from "./server.ts";
+import { type RunningServer, ServerProcess, type ServerTarget, tempHistoryPath } from "./server.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 /** wrangler bundles the Worker and boots two workerd processes; on a busy 2-core box that takes a while. */
@@ -67,20 +67,6 @@ export function wranglerTarget(name: string, config = "wrangler.jsonc"): ServerT
 export const workerdTarget: ServerTarget = wranglerTarget("workerd");
 
 function ready(child: ChildProcess, port: number, env: Record<string, string>): Promise<RunningServer> {
-  let out = "";
-  let exit: { code: number | null; signal: string | null } | null = null;
-  const exited = new Promise<{ code: number | null; signal: string | null }>((res) => {
-    child.once("exit", (code, signal) => {
-      exit = { code, signal };
-      res(exit);
-    });
-  });
-  const append = (chunk: Buffer) => {
-    out += chunk.toString();
-    if (out.length > 1_000_000) out = out.slice(-500_000);
-  };
-  child.stdout?.on("data", append);
-  child.stderr?.on("data", append);
   const group = (signal: NodeJS.Signals) => {
     try {
       if (child.pid) process.kill(-child.pid, signal);
@@ -88,42 +74,23 @@ function ready(child: ChildProcess, port: number, env: Record<string, string>): 
       // the group is gone already
     }
   };
-  const handle: RunningServer = {
-    url: `http://127.0.0.1:${port}`,
-    wsUrl: `ws://127.0.0.1:${port}/websocket`,
-    pid: child.pid ?? -1,
-    env,
-    async stop(signal: NodeJS.Signals = "SIGTERM") {
-      const t0 = Date.now();
-      if (!exit) {
-        group(signal);
-        const timer = setTimeout(() => group("SIGKILL"), 10_000);
-        await exited;
-        clearTimeout(timer);
-      }
-      group("SIGKILL"); // workerd children that outlived wrangler
-      return { ...(exit ?? { code: null, signal: null }), ms: Date.now() - t0 };
-    },
-    async kill() {
-      if (!exit) {
-        group("SIGKILL");
-        await exited;
-      }
-      group("SIGKILL");
-    },
-    output: () => out,
-  };
+  // Signals go to the whole group, and after the exit any workerd child
+  // that outlived wrangler is killed too.
+  const proc = new ServerProcess(child, group, () => group("SIGKILL"));
+  child.stdout?.on("data", (chunk: Buffer) => proc.append(chunk));
+  child.stderr?.on("data", (chunk: Buffer) => proc.append(chunk));
+  const handle = proc.handle(port, env);
 
   return new Promise((res, rej) => {
     const deadline = Date.now() + START_TIMEOUT_MS;
     const fail = (why: string) => {
       void handle.kill();
-      rej(new Error(`workerd (wrangler dev) ${why}; output:\n${out.slice(-8000)}`));
+      rej(new Error(`workerd (wrangler dev) ${why}; output:\n${proc.output().slice(-8000)}`));
     };
-    void exited.then((e) => fail(`exited early (code ${e.code}, signal ${e.signal})`));
+    void proc.exited.then((e) => fail(`exited early (code ${e.code}, signal ${e.signal})`));
     const poll = async () => {
-      while (!exit && Date.now() < deadline) {
-        if (out.includes(`Ready on http://127.0.0.1:${port}`)) {
+      while (!proc.exit && Date.now() < deadline) {
+        if (proc.output().includes(`Ready on http://127.0.0.1:${port}`)) {
           try {
             const r = await fetch(`${handle.url}/healthz`, { signal: AbortSignal.timeout(2000) });
             if (r.status === 200) return res(handle);
@@ -133,7 +100,7 @@ function ready(child: ChildProcess, port: number, env: Record<string, string>): 
         }
         await new Promise((r) => setTimeout(r, 100));
       }
-      if (!exit) fail(`was not ready within ${START_TIMEOUT_MS} ms`);
+      if (!proc.exit) fail(`was not ready within ${START_TIMEOUT_MS} ms`);
     };
     void poll();
   });
