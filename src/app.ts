@@ -58,7 +58,7 @@ export function defaultToSocket(ws: WSContext, id: string): ChatSocket {
   };
 }
 
-type Problem = { status: 400 | 401 | 403 | 503; error: string };
+type Problem = { status: 400 | 401 | 403 | 426 | 503; error: string };
 
 /** The `Origin` rule of PROTOCOL.md section 4: same host:port, or listed. */
 export function originProblem(c: Context, allowed: readonly string[]): Problem | null {
@@ -123,6 +123,43 @@ function connectionParams(c: Context): Problem | (Omit<SessionInit, "name" | "mo
 }
 
 const isProblem = (v: object): v is Problem => "status" in v;
+
+/** An upgrade that passed {@link checkUpgrade}. */
+export interface CheckedUpgrade {
+  room: string;
+  /** The name the connection goes by: the token's, else `?user=`, else null. */
+  name: string | null;
+  /** True when the name comes from a token. */
+  fromToken: boolean;
+  since: string | null;
+}
+
+/**
+ * Every check a WebSocket upgrade passes before it is accepted, in the
+ * contract's order: a real upgrade (426), not draining (503), origin (403),
+ * query (400), token (401). The app and the Worker's front both run it.
+ */
+export async function checkUpgrade(
+  c: Context,
+  config: Config,
+  logger: Logger,
+  draining: boolean,
+): Promise<Problem | CheckedUpgrade> {
+  if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+    return { status: 426, error: "this endpoint takes WebSocket upgrades only" };
+  }
+  if (draining) return { status: 503, error: "server is shutting down" };
+  const origin = originProblem(c, config.allowedOrigins);
+  if (origin) {
+    logger.warn({ origin: c.req.header("origin"), host: c.req.header("host") }, "refused a cross-origin upgrade");
+    return origin;
+  }
+  const params = connectionParams(c);
+  if (isProblem(params)) return params;
+  const auth = await authenticate(c, config.authSecret);
+  if (isProblem(auth)) return auth;
+  return { room: params.room, name: auth.name ?? params.user, fromToken: auth.name !== null, since: params.since };
+}
 
 /**
  * The security headers (CSP and the rest) on every response. Exported for the
@@ -199,24 +236,13 @@ export function createChat(deps: AppDeps): Chat {
   app.get(
     "/websocket",
     async (c, next) => {
-      if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-        return c.json({ error: "this endpoint takes WebSocket upgrades only" }, 426);
-      }
-      if (draining) return c.json({ error: "server is shutting down" }, 503);
-      const origin = originProblem(c, config.allowedOrigins);
-      if (origin) {
-        logger.warn({ origin: c.req.header("origin"), host: c.req.header("host") }, "refused a cross-origin upgrade");
-        return c.json({ error: origin.error }, origin.status);
-      }
-      const params = connectionParams(c);
-      if (isProblem(params)) return c.json({ error: params.error }, params.status);
-      const auth = await authenticate(c, config.authSecret);
-      if (isProblem(auth)) return c.json({ error: auth.error }, auth.status);
+      const checked = await checkUpgrade(c, config, logger, draining);
+      if (isProblem(checked)) return c.json({ error: checked.error }, checked.status);
       const init: SessionInit = {
-        room: params.room,
-        name: auth.name ?? params.user,
+        room: checked.room,
+        name: checked.name,
         mode: selectSubprotocol(c.req.header("sec-websocket-protocol")) ? "v1" : "seed",
-        since: params.since,
+        since: checked.since,
       };
       c.set("chatSession", init);
       await next();

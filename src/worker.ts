@@ -43,7 +43,7 @@ import type {
 } from "@cloudflare/workers-types/index.ts";
 import { type Context, Hono } from "hono";
 import { defineWebSocketHelper, WSContext, type WSEvents, type WSReadyState } from "hono/ws";
-import { authenticate, type Chat, createChat, originProblem, securityHeaders } from "./app.ts";
+import { authenticate, type Chat, checkUpgrade, createChat, securityHeaders } from "./app.ts";
 import { type Config, loadConfig } from "./config.ts";
 import type { ChatSocket } from "./hub/hub.ts";
 import { MemoryHub } from "./hub/memory.ts";
@@ -102,24 +102,13 @@ function createFront(env: Env): Hono {
   // Before the security-headers middleware: a 101 answer from the object
   // carries the socket and must reach the client unchanged.
   app.get("/websocket", async (c) => {
-    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-      return c.json({ error: "this endpoint takes WebSocket upgrades only" }, 426);
-    }
-    const origin = originProblem(c, config.allowedOrigins);
-    if (origin) {
-      logger.warn({ origin: c.req.header("origin"), host: c.req.header("host") }, "refused a cross-origin upgrade");
-      return c.json({ error: origin.error }, origin.status);
-    }
-    const room = c.req.query("room") ?? "lobby";
-    const roomError = roomProblem(room);
-    if (roomError) return c.json({ error: roomError }, 400);
-    const auth = await authenticate(c, config.authSecret);
-    if ("status" in auth) return c.json({ error: auth.error }, auth.status);
+    const checked = await checkUpgrade(c, config, logger, false);
+    if ("status" in checked) return c.json({ error: checked.error }, checked.status);
     const url = new URL(c.req.url);
     url.searchParams.delete("token");
     // The token's name wins over `?user=`; the object (no AUTH_SECRET) takes it from the query.
-    if (auth.name !== null) url.searchParams.set("user", auth.name);
-    return forward(env, room, url, c.req.raw);
+    if (checked.fromToken && checked.name !== null) url.searchParams.set("user", checked.name);
+    return forward(env, checked.room, url, c.req.raw);
   });
 
   app.use("*", securityHeaders());
