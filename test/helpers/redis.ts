@@ -5,7 +5,6 @@
  * Never a mock: where no Redis answers, suites skip and say why.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { createServer } from "node:net";
 import { Redis } from "ioredis";
 
 /** The Redis the suites use. @default "redis://127.0.0.1:6379" */
@@ -61,18 +60,6 @@ export async function deleteKeys(url: string, prefix: string): Promise<void> {
   } finally {
     client.disconnect();
   }
-}
-
-/** A free TCP port on 127.0.0.1. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const address = srv.address();
-      srv.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
-    });
-  });
 }
 
 /**

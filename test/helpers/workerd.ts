@@ -4,25 +4,13 @@
  * in the objects' SQLite storage persisted to a temp folder.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { resolve } from "node:path";
 import { track } from "./cleanup.ts";
-import { type RunningServer, ServerProcess, type ServerTarget, tempHistoryPath } from "./server.ts";
+import { freePort, type RunningServer, ServerProcess, type ServerTarget, tempHistoryPath } from "./server.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 /** wrangler bundles the Worker and boots two workerd processes; on a busy 2-core box that takes a while. */
 const START_TIMEOUT_MS = 45_000;
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = createServer();
-    srv.once("error", rej);
-    srv.listen(0, "127.0.0.1", () => {
-      const address = srv.address();
-      srv.close(() => (typeof address === "object" && address ? res(address.port) : rej(new Error("no port"))));
-    });
-  });
-}
 
 /** Variables a developer's shell might set that would reach wrangler or the Worker. */
 const SCRUBBED = /^(CLOUDFLARE_|WRANGLER_|NODE_OPTIONS$)/;

@@ -12,14 +12,13 @@ import { trackForFile } from "../helpers/cleanup.ts";
 import { connect, type TestClient } from "../helpers/client.ts";
 import {
   deleteKeys,
-  freePort,
   haveRedisServer,
   PrivateRedis,
   REDIS_URL,
   redisSkipReason,
   uniquePrefix,
 } from "../helpers/redis.ts";
-import { nodeTarget, type RunningServer, type ServerTarget, spawnTarget } from "../helpers/server.ts";
+import { freePort, nodeTarget, type RunningServer, type ServerTarget, spawnTarget } from "../helpers/server.ts";
 
 const V1 = { protocols: "chat.v1" };
 const isMessage = (f: Record<string, unknown>) => f.type === "message";
