@@ -1,5 +1,5 @@
 /**
- * A {@link ServerTarget} for the Cloudflare Workers build (src/worker.ts):
+ * A {@link ServerTarget} for the Cloudflare Workers build (src/runtime/worker.ts):
  * `wrangler dev`, workerd on 127.0.0.1, one Durable Object per room, history
  * in the objects' SQLite storage persisted to a temp folder.
  */
@@ -51,7 +51,7 @@ export function wranglerTarget(name: string, config = "wrangler.jsonc"): ServerT
   };
 }
 
-/** The chat's Worker (src/worker.ts, wrangler.jsonc). */
+/** The chat's Worker (src/runtime/worker.ts, wrangler.jsonc). */
 export const workerdTarget: ServerTarget = wranglerTarget("workerd");
 
 function ready(child: ChildProcess, port: number, env: Record<string, string>): Promise<RunningServer> {

@@ -6,7 +6,7 @@
 import { workerdTarget } from "../helpers/workerd.ts";
 import { serverSuite } from "./server.suite.ts";
 
-// What the platform does not let a Worker do (src/worker.ts says why):
+// What the platform does not let a Worker do (src/runtime/worker.ts says why):
 serverSuite(workerdTarget, {
   metrics: false, // /metrics is not required on Workers; it answers 404 JSON
   signals: false, // wrangler dev stops workerd without a drain; the platform owns shutdown

@@ -43,15 +43,15 @@ import type {
 } from "@cloudflare/workers-types/index.ts";
 import { type Context, Hono } from "hono";
 import { defineWebSocketHelper, WSContext, type WSEvents, type WSReadyState } from "hono/ws";
-import { authenticate, type Chat, checkUpgrade, createChat, securityHeaders } from "./app.ts";
-import { type Config, loadConfig } from "./config.ts";
-import type { ChatSocket } from "./hub/hub.ts";
-import { MemoryHub } from "./hub/memory.ts";
-import { consoleLogger, type Logger } from "./observability/logger.ts";
-import { noopMetrics } from "./observability/metrics.ts";
-import { CloseCode, roomProblem, selectSubprotocol } from "./protocol.ts";
-import { durableSqlite } from "./store/durable.ts";
-import { SqliteStore } from "./store/sqlite.ts";
+import { authenticate, type Chat, checkUpgrade, createChat, securityHeaders } from "../app.ts";
+import { type Config, loadConfig } from "../config.ts";
+import type { ChatSocket } from "../hub/hub.ts";
+import { MemoryHub } from "../hub/memory.ts";
+import { consoleLogger, type Logger } from "../observability/logger.ts";
+import { noopMetrics } from "../observability/metrics.ts";
+import { CloseCode, roomProblem, selectSubprotocol } from "../protocol.ts";
+import { durableSqlite } from "../store/durable.ts";
+import { SqliteStore } from "../store/sqlite.ts";
 
 /** The bindings and variables wrangler.jsonc declares (vars are config, as env vars elsewhere). */
 export interface Env {
