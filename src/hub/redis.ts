@@ -36,7 +36,8 @@ import {
 } from "../store/redis.ts";
 import type { HistoryStore } from "../store/store.ts";
 import type { Draft, Hub, Member } from "./hub.ts";
-import { IdClock, LocalRoom } from "./memory.ts";
+import { IdClock } from "./memory.ts";
+import { LocalRoom } from "./room.ts";
 
 /** Options for the Redis clients the hub and store use. */
 export interface RedisClientOptions {
