@@ -12,18 +12,41 @@
  * --targets a,b --scenarios fanout,saturation,idle, --loadgen bun|node,
  * --out DIR, --fanout-ms / --saturation-ms N, --idle-clients N, --compare DIR
  * (adds our Node rows run from another checkout, for before/after).
+ *
+ * `npm run bench -- <name>` runs a named scenario instead (SCENARIOS below).
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
-import { availableParallelism, freemem, loadavg, tmpdir, totalmem } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import {
+  BUN,
+  DENO,
+  fmt,
+  type LoadgenKind,
+  machine,
+  median,
+  NODE_TS,
+  OURS_ENV,
+  ROOT,
+  ratio,
+  runLoadgen,
+  type ScenarioModule,
+  type Started,
+  startServer,
+  stopServer,
+  twoCores,
+  versions,
+} from "./harness.ts";
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 
-const ROOT = resolve(import.meta.dirname, "..");
-const BUN = join(ROOT, "node_modules/.bin/bun");
-const DENO = join(ROOT, "node_modules/.bin/deno");
-const NODE_TS = ["node", "--import", "tsx"];
+/**
+ * Named scenarios: `npm run bench -- <name> [--runs N] [--quick] [--out DIR]`
+ * imports the module and runs its `run(ctx)` (see ScenarioModule in
+ * ./harness.ts, which also has the helpers to start servers and the load
+ * generator). Add one line per scenario.
+ */
+const SCENARIOS: Record<string, () => Promise<ScenarioModule>> = {
+  // hostile: () => import("./hostile.ts"),
+};
 
 /** A server the bench can start. `kind` says which baselines its ratios use. */
 interface Target {
@@ -39,8 +62,6 @@ interface Target {
   path: string;
 }
 
-/** Ours gets what a production start would, minus rate limit and per-connection info logs. */
-const OURS_ENV = { RATE_LIMIT: "0", LOG_LEVEL: "warn", HEARTBEAT_MS: "30000", HOST: "127.0.0.1" };
 const OURS_PATH = "/websocket?room=bench";
 
 const TARGETS: Target[] = [
@@ -99,7 +120,7 @@ interface Options {
   runs: number;
   targets: string[] | null;
   scenarios: Scenario[];
-  loadgen: "bun" | "node";
+  loadgen: LoadgenKind;
   out: string;
   fanoutMs: number;
   saturationMs: number;
@@ -161,129 +182,9 @@ function specFor(s: Scenario, o: Options): Omit<LoadSpec, "url" | "serverPid"> {
   return { scenario: s, clients: o.idleClients, holdMs: 2000, connectConcurrency: 100 };
 }
 
-const twoCores = availableParallelism() >= 2 && hasTaskset();
-
-function hasTaskset(): boolean {
-  try {
-    execFileSync("taskset", ["-c", "0", "true"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Runs `command` pinned to `cpu` (when taskset works) with the file limit
- * raised to the hard limit: 10,000 sockets need more than the usual 1024.
- */
-function spawnPinned(command: string[], cpu: number, env: Record<string, string>, cwd = ROOT): ChildProcess {
-  const pin = twoCores ? ["taskset", "-c", String(cpu)] : [];
-  const script = 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"';
-  return spawn("sh", ["-c", script, "sh", ...pin, ...command], {
-    cwd,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = createServer();
-    srv.once("error", rej);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => res(port));
-    });
-  });
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((res) => {
-    const s = createConnection({ host: "127.0.0.1", port });
-    s.once("connect", () => {
-      s.destroy();
-      res(true);
-    });
-    s.once("error", () => res(false));
-  });
-}
-
-interface Started {
-  child: ChildProcess;
-  port: number;
-  output: () => string;
-}
-
-/** Starts a target on a free port and waits (at most 30 s) until it accepts TCP. */
-async function startTarget(t: Target): Promise<Started> {
-  const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), "chat-bench-"));
-  const env: Record<string, string> = {
-    PORT: String(port),
-    HISTORY_PATH: join(dir, "chat.db"),
-    ...(t.role === "ours" ? OURS_ENV : {}),
-    ...t.env,
-  };
-  const child = spawnPinned(t.command, 0, env, t.cwd);
-  let out = "";
-  const keep = (c: Buffer) => {
-    out = (out + c.toString()).slice(-20_000);
-  };
-  child.stdout?.on("data", keep);
-  child.stderr?.on("data", keep);
-  let exited = false;
-  child.once("exit", () => {
-    exited = true;
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && !exited) {
-    if (await canConnect(port)) return { child, port, output: () => out };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.kill("SIGKILL");
-  throw new Error(
-    `${exited ? "exited" : "did not listen within 30 s"}: ${out.trim().split("\n").slice(-3).join(" | ")}`,
-  );
-}
-
-/** Stops a started server by its pid: SIGTERM, SIGKILL after 5 s. */
-async function stopTarget(s: Started): Promise<void> {
-  if (s.child.exitCode !== null || s.child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => s.child.once("exit", () => r()));
-  s.child.kill("SIGTERM");
-  const timer = setTimeout(() => s.child.kill("SIGKILL"), 5000);
-  await exited;
-  clearTimeout(timer);
-}
-
-/** Runs the load generator in its own process, bounded in time. */
-function runLoadgen(spec: LoadSpec, o: Options): Promise<LoadResult> {
-  const command = o.loadgen === "bun" ? [BUN, "bench/loadgen.ts"] : [...NODE_TS, "bench/loadgen.ts"];
-  const child = spawnPinned([...command, JSON.stringify(spec)], 1, {});
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (c: Buffer) => {
-    out += c.toString();
-  });
-  child.stderr?.on("data", (c: Buffer) => {
-    err = (err + c.toString()).slice(-4000);
-  });
-  const bound =
-    (spec.connectTimeoutMs ?? 60_000) + (spec.durationMs ?? 5000) + (spec.drainMs ?? 5000) + (spec.holdMs ?? 2000);
-  return new Promise((res, rej) => {
-    const timer = setTimeout(() => child.kill("SIGKILL"), bound + 30_000);
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      const line = out.trim().split("\n").at(-1) ?? "";
-      try {
-        res(JSON.parse(line) as LoadResult);
-      } catch {
-        rej(new Error(`loadgen exited ${code}: ${err.trim().slice(-500)}`));
-      }
-    });
-  });
+/** Starts a target on a free port (ours with OURS_ENV). */
+function startTarget(t: Target): Promise<Started> {
+  return startServer({ command: t.command, env: { ...(t.role === "ours" ? OURS_ENV : {}), ...t.env }, cwd: t.cwd });
 }
 
 interface Row {
@@ -293,13 +194,6 @@ interface Row {
   result?: LoadResult;
   error?: string;
 }
-
-const median = (xs: number[]): number => {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 /** Median of each numeric field a table shows, per target and scenario. */
 interface Summary {
@@ -366,12 +260,6 @@ function baselinesOf(t: Target): { floor?: string; ceiling?: string } {
   if (t.runtime === "bun") return { ceiling: "Bun.serve publish" };
   return { floor: "ws plain loop" };
 }
-
-const fmt = (n: number, digits = 0) =>
-  Number.isFinite(n)
-    ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
-    : "-";
-const ratio = (a: number, b: number | undefined) => (b && Number.isFinite(a) && b > 0 ? `${fmt(a / b, 2)}x` : "");
 
 function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o: Options): string {
   const get = (name: string | undefined, s: Scenario) =>
@@ -440,41 +328,55 @@ function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o
   return out.join("\n");
 }
 
-/** What code and which runtimes the numbers belong to. */
-function versions(): Record<string, string> {
-  const run = (cmd: string, args: string[]) => {
-    try {
-      return execFileSync(cmd, args, { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
-    } catch {
-      return "unavailable";
-    }
+/** `npm run bench -- <name> ...`: runs a registered scenario module and saves its report. */
+async function runNamed(name: string, argv: string[]): Promise<void> {
+  const load = SCENARIOS[name];
+  if (!load) {
+    throw new Error(
+      `unknown scenario ${name}; named: ${Object.keys(SCENARIOS).join(", ") || "none"}; built in: --scenarios fanout,saturation,idle`,
+    );
+  }
+  let runs = 3;
+  let quick = false;
+  let out = join(ROOT, "bench/results");
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--quick") quick = true;
+    else if (a === "--runs") runs = Number(argv[++i]);
+    else if (a === "--out") out = resolve(argv[++i] ?? ".");
+    else rest.push(a);
+  }
+  if (quick) runs = Math.min(runs, 1);
+  const before = machine();
+  const started = new Date().toISOString();
+  const mod = await load();
+  const result = await mod.run({ runs, quick, args: rest, log: (line) => console.error(`[bench ${name}] ${line}`) });
+  const after = machine();
+  const report = {
+    scenario: name,
+    started,
+    finished: new Date().toISOString(),
+    command: `npm run bench -- ${[name, ...argv].join(" ")}`,
+    versions: versions(),
+    machine: { before, after },
+    markdown: result.markdown,
+    data: result.data ?? null,
   };
-  const dirty = run("git", ["status", "--porcelain", "--", "src", "bench"]);
-  return {
-    commit: `${run("git", ["rev-parse", "--short", "HEAD"])}${dirty && dirty !== "unavailable" ? " (+ uncommitted changes)" : ""}`,
-    node: process.version,
-    bun: run(BUN, ["--version"]),
-    deno: run(DENO, ["--version"]).split("\n")[0] ?? "",
-  };
-}
-
-function machine(): Record<string, unknown> {
-  let cpu = "";
-  try {
-    cpu = /model name\s*:\s*(.*)/.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "";
-  } catch {}
-  return {
-    cpus: availableParallelism(),
-    cpu,
-    memMiB: Math.round(totalmem() / 2 ** 20),
-    freeMiB: Math.round(freemem() / 2 ** 20),
-    loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
-    pinned: twoCores,
-  };
+  mkdirSync(out, { recursive: true });
+  const file = join(out, `${started.replace(/[:.]/g, "-")}-${name}.json`);
+  writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  console.log(result.markdown);
+  console.log(
+    `machine: ${before.cpus} cpus, ${before.memMiB} MiB, load ${JSON.stringify(before.loadavg)} -> ${JSON.stringify(after.loadavg)}; pinned: ${twoCores}`,
+  );
+  console.log(`results: ${file}`);
 }
 
 async function main(): Promise<void> {
-  const o = parseArgs(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  if (argv[0] !== undefined && !argv[0].startsWith("-")) return runNamed(argv[0], argv.slice(1));
+  const o = parseArgs(argv);
   const all = [...TARGETS];
   if (o.compare) {
     // The same Node rows from the other checkout, for before/after measurements.
@@ -511,7 +413,7 @@ async function main(): Promise<void> {
           ...(server.child.pid !== undefined ? { serverPid: server.child.pid } : {}),
         };
         try {
-          const result = await runLoadgen(spec, o);
+          const result = await runLoadgen(spec, o.loadgen);
           rows.push({ target: t.name, scenario, run, result });
           console.error(
             `[bench] run ${run} ${scenario} ${t.name}: ${fmt(result.deliveriesPerSec)} deliveries/s, p99 ${result.latency.p99} ms, lost ${result.lost}, connected ${result.connected}${result.errors.length ? `, ${result.errors.join("; ")}` : ""}`,
@@ -521,7 +423,7 @@ async function main(): Promise<void> {
           rows.push({ target: t.name, scenario, run, error: why });
           console.error(`[bench] run ${run} ${scenario} ${t.name}: failed (${why})`);
         } finally {
-          await stopTarget(server);
+          await stopServer(server);
         }
       }
     }
