@@ -3,83 +3,96 @@
  * Every setting, its default and its meaning is listed in README.md; a bad
  * value stops start-up with a message that names the variable.
  */
-import { z } from "zod";
+import { en } from "zod/locales";
+import * as z from "zod/mini";
+
+// zod/mini (a fraction of full zod's size in the Worker bundle) ships no
+// messages of its own: English ones keep the operator's errors readable.
+z.config(en());
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
-  z.coerce.number({ error: "must be a number" }).int("must be a whole number").min(min).max(max);
+  z.coerce.number({ error: "must be a number" }).check(z.int("must be a whole number"), z.minimum(min), z.maximum(max));
 
-const flag = z
-  .enum(["true", "false", "1", "0", "on", "off", "yes", "no"], { error: "must be true or false" })
-  .transform((v) => v === "true" || v === "1" || v === "on" || v === "yes");
+const flag = z.pipe(
+  z.enum(["true", "false", "1", "0", "on", "off", "yes", "no"], { error: "must be true or false" }),
+  z.transform((v) => v === "true" || v === "1" || v === "on" || v === "yes"),
+);
 
-const origins = z.string().transform((value, ctx) => {
-  const out: string[] = [];
-  for (const raw of value.split(",")) {
-    const item = raw.trim();
-    if (!item) continue;
-    try {
-      const url = new URL(item);
-      if (url.origin === "null") throw new Error("opaque origin");
-      out.push(url.origin);
-    } catch {
-      ctx.addIssue({ code: "custom", message: `"${item}" is not an origin like https://chat.example.com` });
-      return z.NEVER;
+const origins = z.pipe(
+  z.string(),
+  z.transform((value: string, ctx) => {
+    const out: string[] = [];
+    for (const raw of value.split(",")) {
+      const item = raw.trim();
+      if (!item) continue;
+      try {
+        const url = new URL(item);
+        if (url.origin === "null") throw new Error("opaque origin");
+        out.push(url.origin);
+      } catch {
+        ctx.issues.push({
+          code: "custom",
+          message: `"${item}" is not an origin like https://chat.example.com`,
+          input: item,
+        });
+        return z.NEVER;
+      }
     }
-  }
-  return out;
-});
+    return out;
+  }),
+);
 
 const schema = z.object({
   /** TCP port. @default 8888 (the original tutorial's) */
-  PORT: int(0, 65535).default(8888),
+  PORT: z._default(int(0, 65535), 8888),
   /** Address to listen on. @default "0.0.0.0" (every interface, as the tutorial) */
-  HOST: z.string().min(1).default("0.0.0.0"),
+  HOST: z._default(z.string().check(z.minLength(1)), "0.0.0.0"),
   /** `memory` (one process) or `redis` (several instances share rooms). @default "memory" */
-  HUB: z.enum(["memory", "redis"]).default("memory"),
+  HUB: z._default(z.enum(["memory", "redis"]), "memory"),
   /** Redis for `HUB=redis`. @default "redis://127.0.0.1:6379" */
-  REDIS_URL: z.string().url("must be a URL like redis://host:6379").default("redis://127.0.0.1:6379"),
+  REDIS_URL: z._default(z.string().check(z.url("must be a URL like redis://host:6379")), "redis://127.0.0.1:6379"),
   /** Prefix of every Redis key, so instances of different chats can share one Redis. @default "chat:" */
-  REDIS_PREFIX: z.string().default("chat:"),
+  REDIS_PREFIX: z._default(z.string(), "chat:"),
   /** `sqlite` (embedded file) or `memory`; with `HUB=redis` history is in Redis. @default "sqlite" */
-  HISTORY: z.enum(["sqlite", "memory", "redis"]).optional(),
+  HISTORY: z.optional(z.enum(["sqlite", "memory", "redis"])),
   /** SQLite file for `HISTORY=sqlite`. @default "./data/chat.db" */
-  HISTORY_PATH: z.string().min(1).default("./data/chat.db"),
+  HISTORY_PATH: z._default(z.string().check(z.minLength(1)), "./data/chat.db"),
   /** Messages kept per room; older ones are pruned. @default 10000 */
-  HISTORY_LIMIT: int(1).default(10000),
+  HISTORY_LIMIT: z._default(int(1), 10000),
   /** Messages in the welcome frame when the client does not resume. @default 50 */
-  WELCOME_HISTORY: int(0, 500).default(50),
+  WELCOME_HISTORY: z._default(int(0, 500), 50),
   /** Most messages a `since` resume returns before it reports a gap. @default 1000 */
-  RESUME_LIMIT: int(1, 100000).default(1000),
+  RESUME_LIMIT: z._default(int(1, 100000), 1000),
   /** Longest message, in characters. @default 2000 */
-  MAX_MESSAGE_LENGTH: int(1, 1_000_000).default(2000),
+  MAX_MESSAGE_LENGTH: z._default(int(1, 1_000_000), 2000),
   /** Largest WebSocket frame accepted; larger closes with 1009. @default 65536 */
-  MAX_FRAME_BYTES: int(128, 64 * 1024 * 1024).default(64 * 1024),
+  MAX_FRAME_BYTES: z._default(int(128, 64 * 1024 * 1024), 64 * 1024),
   /** Bytes queued to one client before it is closed with 1013. @default 1048576 */
-  MAX_BUFFERED_BYTES: int(1024).default(1024 * 1024),
+  MAX_BUFFERED_BYTES: z._default(int(1024), 1024 * 1024),
   /** Rate limit bucket size in messages per connection; 0 turns it off. @default 10 */
-  RATE_LIMIT: int(0).default(10),
+  RATE_LIMIT: z._default(int(0), 10),
   /** Messages added back to the bucket per second. @default 1 */
-  RATE_LIMIT_REFILL: z.coerce.number().positive("must be above 0").default(1),
+  RATE_LIMIT_REFILL: z._default(z.coerce.number().check(z.positive("must be above 0")), 1),
   /** Interval of server pings; two missed pongs end the connection. 0 turns it off. @default 30000 */
-  HEARTBEAT_MS: int(0).default(30000),
+  HEARTBEAT_MS: z._default(int(0), 30000),
   /** Extra origins allowed to open WebSockets, comma-separated. @default "" */
-  ALLOWED_ORIGINS: origins.default([]),
+  ALLOWED_ORIGINS: z._default(origins, []),
   /** HS256 secret; when set, connections need a JWT. @default unset */
-  AUTH_SECRET: z.string().min(16, "must be at least 16 characters").optional(),
+  AUTH_SECRET: z.optional(z.string().check(z.minLength(16, "must be at least 16 characters"))),
   /** `trace` ... `fatal`, or `silent`. @default "info" */
-  LOG_LEVEL: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+  LOG_LEVEL: z._default(z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]), "info"),
   /** `text` (readable lines) or `json` (JSON lines). @default "text" */
-  LOG_FORMAT: z.enum(["text", "json"]).default("text"),
+  LOG_FORMAT: z._default(z.enum(["text", "json"]), "text"),
   /** PEM certificate file; with TLS_KEY, serves https and wss directly. @default unset */
-  TLS_CERT: z.string().min(1).optional(),
+  TLS_CERT: z.optional(z.string().check(z.minLength(1))),
   /** PEM private key file for TLS_CERT. @default unset */
-  TLS_KEY: z.string().min(1).optional(),
+  TLS_KEY: z.optional(z.string().check(z.minLength(1))),
   /** permessage-deflate for WebSocket frames. @default false */
-  WS_COMPRESSION: flag.default(false),
+  WS_COMPRESSION: z._default(flag, false),
   /** Bun only: room fan-out through Bun's topic publish (framed once); false sends to each member. @default true */
-  BUN_TOPICS: flag.default(true),
+  BUN_TOPICS: z._default(flag, true),
   /** Longest a graceful shutdown waits before it exits anyway. @default 4000 */
-  SHUTDOWN_TIMEOUT_MS: int(0, 60000).default(4000),
+  SHUTDOWN_TIMEOUT_MS: z._default(int(0, 60000), 4000),
 });
 
 /** The validated configuration. */
