@@ -47,6 +47,8 @@ export interface ChatMessage {
   message: string;
   /** Server time in milliseconds since the epoch. */
   ts: number;
+  /** When the text was last edited (ms since the epoch); absent when never edited. */
+  edited?: number;
 }
 
 /** The echo of a message to its sender, carrying the client's correlation id. */
@@ -62,6 +64,8 @@ export interface WelcomeFrame {
   history: ChatMessage[];
   /** Present only when the client asked to resume with `since`. */
   recovered?: boolean;
+  /** True when `history` is the first page only: `history` frames (no `before`) follow, the last with `more: false`. */
+  more?: boolean;
 }
 
 export interface PresenceFrame {
@@ -81,6 +85,8 @@ export interface HistoryFrame {
   messages: ChatMessage[];
   /** The `before` id the request named, so a client can match the answer. */
   before?: string;
+  /** Paged replies: true on every page but the last (see the welcome's `more`). */
+  more?: boolean;
 }
 
 export interface PongFrame {
