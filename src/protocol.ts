@@ -24,6 +24,10 @@ export const CloseCode = {
   MessageTooBig: 1009,
   InternalError: 1011,
   TryAgainLater: 1013,
+  /** The token's `exp` passed without a refresh (PROTOCOL 7). */
+  TokenExpired: 4001,
+  /** The user was banned from the room (PROTOCOL 8.2). */
+  Banned: 4003,
 } as const;
 
 /** Every `code` an error frame can carry. */
@@ -35,7 +39,11 @@ export type ErrorCode =
   | "unknown_type"
   | "unsupported_data"
   | "rate_limited"
-  | "unavailable";
+  | "unavailable"
+  | "token_expired"
+  | "invalid_token"
+  | "forbidden"
+  | "not_found";
 
 /** A chat message as stored and as sent to every receiver. */
 export interface ChatMessage {
@@ -66,6 +74,8 @@ export interface WelcomeFrame {
   recovered?: boolean;
   /** True when `history` is the first page only: `history` frames (no `before`) follow, the last with `more: false`. */
   more?: boolean;
+  /** `"moderator"` when the token makes this connection one; absent otherwise. */
+  role?: "moderator";
 }
 
 export interface PresenceFrame {
@@ -100,6 +110,38 @@ export interface ErrorFrame {
   cid?: string;
 }
 
+/** The answer to a token refresh: the new token's `exp` (seconds), null when it has none. */
+export interface AuthAnswerFrame {
+  type: "auth";
+  exp: number | null;
+  cid?: string;
+}
+
+/** A message left the room's history (PROTOCOL 8.2), to every v1 member. */
+export interface DeletedFrame {
+  type: "deleted";
+  room: string;
+  id: string;
+}
+
+/** A message's text was edited (PROTOCOL 8.2), to every v1 member. */
+export interface EditedFrame {
+  type: "edited";
+  room: string;
+  id: string;
+  message: string;
+  /** When (ms). */
+  edited: number;
+}
+
+/**
+ * The answer to a moderator's `ban` / `unban`, to that connection only.
+ * `until` (ms since the epoch) is null for a ban until lifted.
+ */
+export type BanAnswerFrame =
+  | { type: "banned"; room: string; user: string; until: number | null; cid?: string }
+  | { type: "unbanned"; room: string; user: string; cid?: string };
+
 export type ServerFrame =
   | ChatMessage
   | EchoFrame
@@ -108,14 +150,31 @@ export type ServerFrame =
   | TypingFrame
   | HistoryFrame
   | PongFrame
-  | ErrorFrame;
+  | ErrorFrame
+  | AuthAnswerFrame
+  | DeletedFrame
+  | EditedFrame
+  | BanAnswerFrame;
+
+/** A token refresh (PROTOCOL 7). */
+export interface AuthFrame {
+  type: "auth";
+  token: string;
+  cid?: string;
+}
 
 /** A frame from a client, after validation. */
 export type ClientFrame =
   | { type: "message"; message: string; user?: string; cid?: string }
   | { type: "ping" }
   | { type: "typing" }
-  | { type: "history"; before?: string; limit: number };
+  | { type: "history"; before?: string; limit: number }
+  | AuthFrame
+  | { type: "delete"; id: string; cid?: string }
+  | { type: "edit"; id: string; message: string; cid?: string }
+  /** `seconds` 0: until lifted. */
+  | { type: "ban"; user: string; seconds: number; cid?: string }
+  | { type: "unban"; user: string; cid?: string };
 
 /** Limits the parser enforces; all come from the config. */
 export interface ParseLimits {
@@ -218,7 +277,108 @@ function buildSchemas() {
       before: z.optional(z.string().check(z.regex(ID_PATTERN, "before must be a message id"))),
       limit: z.optional(z.number().check(z.int(), z.positive())),
     }),
+    auth: z.object({
+      token: z
+        .string({ error: "token must be a string" })
+        .check(
+          z.minLength(1, "token must not be empty"),
+          z.maxLength(MAX_TOKEN_LENGTH, `token must be at most ${MAX_TOKEN_LENGTH} characters`),
+        ),
+    }),
+    delete: z.object({ id: messageIdSchema() }),
+    edit: z.object({ id: messageIdSchema(), message: z.string({ error: "message must be a string" }) }),
+    ban: z.object({
+      user: z.string({ error: "user must be a string" }),
+      seconds: z.optional(
+        z
+          .number({ error: "seconds must be a number" })
+          .check(
+            z.int("seconds must be a whole number"),
+            z.gte(0, "seconds must be 0 (until lifted) or more"),
+            z.lte(MAX_BAN_SECONDS, `seconds must be at most ${MAX_BAN_SECONDS} (10 years)`),
+          ),
+      ),
+    }),
+    unban: z.object({ user: z.string({ error: "user must be a string" }) }),
   };
+}
+
+function messageIdSchema() {
+  return z.string({ error: "id must be a message id" }).check(z.regex(ID_PATTERN, "id must be a message id"));
+}
+
+/** Longest token a refresh frame may carry. */
+export const MAX_TOKEN_LENGTH = 8192;
+/** Longest ban in seconds (10 years); 0 bans until lifted. */
+export const MAX_BAN_SECONDS = 315_360_000;
+
+const GOVERNANCE_FRAME_TYPES = new Set(["auth", "delete", "edit", "ban", "unban"]);
+
+/**
+ * Why a message text cannot be sent (the same rules for chat frames, edits
+ * and the server API), or null when it can.
+ */
+export function messageProblem(message: string, maxLength: number): { code: ErrorCode; message: string } | null {
+  if (message.trim().length === 0) return { code: "invalid_message", message: "message must not be empty" };
+  if (charLength(message, maxLength) > maxLength) {
+    return { code: "message_too_long", message: `message must be at most ${maxLength} characters` };
+  }
+  if (!message.isWellFormed()) return { code: "invalid_message", message: "message must be valid Unicode text" };
+  return null;
+}
+
+/** The token refresh and moderation frames (v1 only); `cid` is already checked by the caller. */
+function parseGovernanceFrame(
+  type: "auth" | "delete" | "edit" | "ban" | "unban",
+  obj: Record<string, unknown>,
+  cid: string | undefined,
+  limits: ParseLimits,
+  fail: (code: ErrorCode, message: string) => ParseResult,
+): ParseResult {
+  if (obj.cid !== undefined && cid === undefined) {
+    return fail("invalid_frame", `cid must be a string of at most ${MAX_CID_LENGTH} characters`);
+  }
+  const withCid = <F extends ClientFrame>(frame: F): ParseResult => {
+    if (cid !== undefined) (frame as { cid?: string }).cid = cid;
+    return { ok: true, frame };
+  };
+  const s = schemas();
+  switch (type) {
+    case "auth": {
+      const parsed = s.auth.safeParse(obj);
+      if (!parsed.success) return fail("invalid_frame", firstIssue(parsed.error));
+      return withCid({ type: "auth", token: parsed.data.token });
+    }
+    case "delete": {
+      const parsed = s.delete.safeParse(obj);
+      if (!parsed.success) return fail("invalid_frame", firstIssue(parsed.error));
+      return withCid({ type: "delete", id: parsed.data.id });
+    }
+    case "edit": {
+      const parsed = s.edit.safeParse(obj);
+      if (!parsed.success) {
+        if (obj.message === undefined) return fail("invalid_message", "message is required");
+        const code = typeof obj.message === "string" ? "invalid_frame" : "invalid_message";
+        return fail(code, firstIssue(parsed.error));
+      }
+      const problem = messageProblem(parsed.data.message, limits.maxMessageLength);
+      if (problem) return fail(problem.code, problem.message);
+      return withCid({ type: "edit", id: parsed.data.id, message: parsed.data.message });
+    }
+    case "ban":
+    case "unban": {
+      const parsed = (type === "ban" ? s.ban : s.unban).safeParse(obj);
+      if (!parsed.success) return fail("invalid_frame", firstIssue(parsed.error));
+      const problem = nameProblem(parsed.data.user);
+      if (problem) return fail("invalid_frame", problem);
+      if (type === "unban") return withCid({ type: "unban", user: parsed.data.user });
+      return withCid({
+        type: "ban",
+        user: parsed.data.user,
+        seconds: (parsed.data as { seconds?: number }).seconds ?? 0,
+      });
+    }
+  }
 }
 
 function firstIssue(error: z.core.$ZodError): string {
@@ -256,7 +416,11 @@ export function parseClientFrame(
     cid === undefined ? { ok: false, code, message } : { ok: false, code, message, cid };
 
   const type = obj.type === undefined ? "message" : obj.type;
-  if (type !== "message" && (mode === "seed" || !(type === "ping" || type === "typing" || type === "history"))) {
+  const governance = typeof type === "string" && GOVERNANCE_FRAME_TYPES.has(type);
+  if (
+    type !== "message" &&
+    (mode === "seed" || !(type === "ping" || type === "typing" || type === "history" || governance))
+  ) {
     const shown = typeof type === "string" ? JSON.stringify(type.slice(0, 40)) : typeof type;
     return fail("unknown_type", `unknown frame type ${shown}`);
   }
@@ -269,6 +433,9 @@ export function parseClientFrame(
     const frame: ClientFrame = { type: "history", limit };
     if (parsed.data.before !== undefined) frame.before = parsed.data.before;
     return { ok: true, frame };
+  }
+  if (governance) {
+    return parseGovernanceFrame(type as "auth" | "delete" | "edit" | "ban" | "unban", obj, cid, limits, fail);
   }
 
   // The hot path: a chat frame is accepted without a schema parse when its

@@ -170,12 +170,29 @@ export interface Hub {
   /**
    * Gives the message its id, stores it, and delivers it to every member of
    * the room in order. Rejects when it could not be stored: then nobody got it.
+   * `from` is null for a message the server API posts (no echo, and the room
+   * need not have members here).
    */
-  publish(room: string, from: Member, draft: Draft): Promise<ChatMessage>;
+  publish(room: string, from: Member | null, draft: Draft): Promise<ChatMessage>;
   /** Tells the room's other v1 members that `from` is typing. */
   typing(room: string, from: Member): void;
   /** Names online in a room (every instance, for a shared hub). */
   users(room: string): Promise<string[]>;
+  /**
+   * Stores the edit (new text, `edited` = now), then every v1 member of the
+   * room (every instance) gets `{"type":"edited",...}`. Resolves with the
+   * updated message, or null when the room holds no message `id`.
+   */
+  edit(room: string, id: string, message: string): Promise<ChatMessage | null>;
+  /**
+   * Removes the message from the history, then every v1 member of the room
+   * (every instance) gets `{"type":"deleted",room,id}`. False when unknown.
+   */
+  delete(room: string, id: string): Promise<boolean>;
+  /** Closes every connection named `user` in `room`, on every instance, with `code` and `reason`. */
+  kick(room: string, user: string, code: number, reason: string): Promise<void>;
+  /** Rooms with someone online (every instance) and their connection counts. */
+  rooms(): Promise<{ room: string; online: number }[]>;
   /** False while a backing service is unreachable (/healthz says degraded). */
   readonly healthy: boolean;
   /** Releases timers and connections; members are not closed here. */

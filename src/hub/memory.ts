@@ -1,6 +1,15 @@
 import type { Logger } from "../observability/logger.ts";
-import { type ChatMessage, formatMessageId, type PresenceFrame, parseMessageId, serialize } from "../protocol.ts";
+import {
+  type ChatMessage,
+  type DeletedFrame,
+  type EditedFrame,
+  formatMessageId,
+  type PresenceFrame,
+  parseMessageId,
+  serialize,
+} from "../protocol.ts";
 import type { HistoryStore } from "../store/store.ts";
+import type { EventSink } from "../webhooks/events.ts";
 import type { Broadcaster, Draft, Hub, Member } from "./hub.ts";
 import { LocalRoom } from "./room.ts";
 
@@ -50,11 +59,14 @@ export class MemoryHub implements Hub {
   /**
    * @param broadcaster native fan-out for the rooms (Bun's topic publish)
    *   @default null: one send per member
+   * @param events the webhooks' sink (PROTOCOL 8.4), told after each action
+   *   took effect @default null: nothing is reported, at no cost per message
    */
   constructor(
     readonly store: HistoryStore,
     readonly logger: Logger,
     readonly broadcaster: Broadcaster | null = null,
+    readonly events: EventSink | null = null,
   ) {}
 
   #room(name: string): MemoryRoom {
@@ -84,6 +96,9 @@ export class MemoryHub implements Hub {
     await room.ready;
     room.add(member);
     if (member.name !== null) {
+      if (this.events && room.connections(member.name) === 1) {
+        this.events({ event: "member.joined", room: roomName, data: { user: member.name } });
+      }
       const users = room.users();
       room.deliverV1(serialize({ type: "presence", users, joined: member.name } satisfies PresenceFrame));
       return users;
@@ -95,19 +110,45 @@ export class MemoryHub implements Hub {
     const room = this.#rooms.get(roomName);
     if (!room?.remove(member)) return;
     if (member.name !== null) {
+      if (this.events && room.connections(member.name) === 0) {
+        this.events({ event: "member.left", room: roomName, data: { user: member.name } });
+      }
       room.deliverV1(serialize({ type: "presence", users: room.users(), left: member.name } satisfies PresenceFrame));
     }
-    if (room.empty) {
-      // Deliveries still queued finish first; the room is dropped after.
-      void room.tail.then(() => {
-        if (room.empty && this.#rooms.get(roomName) === room) this.#rooms.delete(roomName);
-      });
+    this.#dropIfEmpty(roomName, room);
+  }
+
+  publish(roomName: string, from: Member | null, draft: Draft): Promise<ChatMessage> {
+    if (from === null) return this.#publishFromServer(roomName, draft);
+    const room = this.#rooms.get(roomName);
+    if (!room) return Promise.reject(new Error(`not a member of room ${roomName}`));
+    return this.#publish(room, from, draft);
+  }
+
+  /**
+   * A message from the server API: the room may have nobody here, so it is
+   * opened (ids continue after the store's last), used and dropped again.
+   */
+  async #publishFromServer(roomName: string, draft: Draft): Promise<ChatMessage> {
+    const room = this.#room(roomName);
+    try {
+      await room.ready;
+      return await this.#publish(room, null, draft);
+    } finally {
+      this.#dropIfEmpty(roomName, room);
     }
   }
 
-  publish(roomName: string, from: Member, draft: Draft): Promise<ChatMessage> {
-    const room = this.#rooms.get(roomName);
-    if (!room) return Promise.reject(new Error(`not a member of room ${roomName}`));
+  #dropIfEmpty(roomName: string, room: MemoryRoom): void {
+    if (!room.empty) return;
+    // Deliveries still queued finish first; the room is dropped after.
+    void room.tail.then(() => {
+      if (room.empty && this.#rooms.get(roomName) === room) this.#rooms.delete(roomName);
+    });
+  }
+
+  #publish(room: MemoryRoom, from: Member | null, draft: Draft): Promise<ChatMessage> {
+    const roomName = room.name;
     const ts = Date.now();
     const message: ChatMessage = {
       type: "message",
@@ -124,7 +165,13 @@ export class MemoryHub implements Hub {
       // Sessions chain on the promise; a store that throws must not throw through them.
       return Promise.reject(error);
     }
-    const fanout = () => room.deliverMessage(message, serialize(message), from, draft.cid);
+    const events = this.events;
+    const fanout = events
+      ? () => {
+          room.deliverMessage(message, serialize(message), from, draft.cid);
+          events({ event: "message.created", room: roomName, data: message });
+        }
+      : () => room.deliverMessage(message, serialize(message), from, draft.cid);
     if (!written) {
       fanout();
       return Promise.resolve(message);
@@ -149,6 +196,48 @@ export class MemoryHub implements Hub {
 
   async users(roomName: string): Promise<string[]> {
     return this.#rooms.get(roomName)?.users() ?? [];
+  }
+
+  async edit(roomName: string, id: string, message: string): Promise<ChatMessage | null> {
+    const updated = await this.store.edit(roomName, id, message, Date.now());
+    if (updated === null) return null;
+    const frame: EditedFrame = {
+      type: "edited",
+      room: roomName,
+      id,
+      message: updated.message,
+      edited: updated.edited ?? Date.now(),
+    };
+    await this.#afterFanout(roomName, serialize(frame));
+    this.events?.({ event: "message.edited", room: roomName, data: updated });
+    return updated;
+  }
+
+  async delete(roomName: string, id: string): Promise<boolean> {
+    if (!(await this.store.delete(roomName, id))) return false;
+    await this.#afterFanout(roomName, serialize({ type: "deleted", room: roomName, id } satisfies DeletedFrame));
+    this.events?.({ event: "message.deleted", room: roomName, data: { id } });
+    return true;
+  }
+
+  /** Sends a v1 frame once the room's pending message fan-outs are out, so it never overtakes the message it names. */
+  async #afterFanout(roomName: string, text: string): Promise<void> {
+    const room = this.#rooms.get(roomName);
+    if (!room) return;
+    await room.tail;
+    room.deliverV1(text);
+  }
+
+  async kick(roomName: string, user: string, code: number, reason: string): Promise<void> {
+    const room = this.#rooms.get(roomName);
+    // Left now, not when the close completes: presence and users() are exact at once.
+    for (const m of room?.kick(user, code, reason) ?? []) this.leave(roomName, m);
+  }
+
+  async rooms(): Promise<{ room: string; online: number }[]> {
+    const out: { room: string; online: number }[] = [];
+    for (const [room, state] of this.#rooms) if (!state.empty) out.push({ room, online: state.members.size });
+    return out;
   }
 
   async close(): Promise<void> {

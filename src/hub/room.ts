@@ -42,6 +42,27 @@ export class LocalRoom {
     return true;
   }
 
+  /** This instance's connections named `name`. */
+  connections(name: string): number {
+    return this.#names.get(name) ?? 0;
+  }
+
+  /**
+   * Closes every member named `user` with `code` and `reason` (a ban: 4003)
+   * and returns them, still listed, for the hub to remove as it removes any
+   * leaver (presence, events). Nothing more is sent to them.
+   */
+  kick(user: string, code: number, reason: string): Member[] {
+    const kicked: Member[] = [];
+    for (const m of this.members) {
+      if (m.name !== user) continue;
+      m.detach();
+      m.socket.close(code, reason);
+      kicked.push(m);
+    }
+    return kicked;
+  }
+
   /** Names online here, sorted. */
   users(): string[] {
     return [...this.#names.keys()].sort();
