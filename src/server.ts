@@ -94,7 +94,7 @@ export function gracefulShutdown(
     try {
       await chat.shutdown();
     } catch (error) {
-      logger.error({ err: String(error) }, "shutdown failed");
+      logger.error({ err: error }, "shutdown failed");
     }
     // Give the 1001 close frames a moment to reach the clients.
     await runtime.drained(1000);

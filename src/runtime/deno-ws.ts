@@ -10,6 +10,14 @@ declare const Deno: {
   upgradeWebSocket(req: Request, options: { idleTimeout: number }): { response: Response; socket: WebSocket };
 };
 
+/** Open WebSockets, waited for at shutdown. */
+let open = 0;
+
+/** How many WebSockets the helper has open. */
+export function openSockets(): number {
+  return open;
+}
+
 /**
  * Deno's upgrade as a Hono WebSocket helper, built the way hono/deno builds
  * its own (defineWebSocketHelper), because that one bends four rules: it
@@ -44,9 +52,18 @@ export function upgradeWebSocket(idleTimeout: number): UpgradeWebSocket {
       url: null,
       protocol,
     });
-    socket.onopen = (e) => events.onOpen?.(e, ws);
+    let opened = false;
+    socket.onopen = (e) => {
+      opened = true;
+      open++;
+      events.onOpen?.(e, ws);
+    };
     socket.onmessage = (e) => events.onMessage?.(e, ws);
-    socket.onclose = (e) => events.onClose?.(e, ws);
+    socket.onclose = (e) => {
+      if (opened) open--;
+      opened = false;
+      events.onClose?.(e, ws);
+    };
     socket.onerror = (e) => events.onError?.(e, ws);
     return response;
   });

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { formatMessageId } from "../../src/protocol.ts";
-import { CLOSE_TIMEOUT_MS } from "../../src/runtime/node.ts";
+import { CLOSE_TIMEOUT_MS } from "../../src/runtime/node-ws.ts";
 import { SqliteStore } from "../../src/store/sqlite.ts";
 import { trackForFile } from "../helpers/cleanup.ts";
 import { connect, expectRefused } from "../helpers/client.ts";

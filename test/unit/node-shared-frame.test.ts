@@ -9,7 +9,7 @@ import type { WSContext } from "hono/ws";
 import { describe, expect, it } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { Member, SharedFrame } from "../../src/hub/hub.ts";
-import { frameText, toSocket } from "../../src/runtime/node.ts";
+import { frameText, toSocket } from "../../src/runtime/node-ws.ts";
 import { track } from "../helpers/cleanup.ts";
 
 const require = createRequire(import.meta.url);
@@ -50,7 +50,7 @@ function collect(client: WebSocket, n: number): Promise<string[]> {
   });
 }
 
-describe("ws pre-framed sends (src/runtime/node.ts)", () => {
+describe("ws pre-framed sends (src/runtime/node-ws.ts)", () => {
   it("runs on the ws version whose internals it was written for", () => {
     const pkg = JSON.parse(readFileSync(require.resolve("ws/package.json"), "utf8")) as { version: string };
     const ours = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
