@@ -81,8 +81,10 @@ export interface WelcomeFrame {
 export interface PresenceFrame {
   type: "presence";
   users: string[];
-  joined?: string;
-  left?: string;
+  /** Who joined: one name, or (merged frames, PRESENCE_INTERVAL_MS) several. */
+  joined?: string | string[];
+  /** Who left: one name, or (merged frames) several. */
+  left?: string | string[];
 }
 
 export interface TypingFrame {
@@ -108,6 +110,8 @@ export interface ErrorFrame {
   code: ErrorCode;
   message: string;
   cid?: string;
+  /** With `rate_limited`: the same request succeeds after this many ms. */
+  retryAfterMs?: number;
 }
 
 /** The answer to a token refresh: the new token's `exp` (seconds), null when it has none. */
@@ -389,6 +393,15 @@ function firstIssue(error: z.core.$ZodError): string {
 }
 
 /**
+ * A refusal, with the frame's `cid` when it had a valid one. A plain function
+ * rather than a closure per frame: the bundlers we run under (tsx, wrangler)
+ * keep function names, which costs a defineProperty per closure created.
+ */
+function refused(code: ErrorCode, message: string, cid: string | undefined): ParseResult {
+  return cid === undefined ? { ok: false, code, message } : { ok: false, code, message, cid };
+}
+
+/**
  * Parses and validates one text frame from a client.
  *
  * Seed mode accepts only the tutorial's `{"user","message"}` frame (any other
@@ -412,8 +425,6 @@ export function parseClientFrame(
   }
   const obj = value as Record<string, unknown>;
   const cid = typeof obj.cid === "string" && obj.cid.length <= MAX_CID_LENGTH ? obj.cid : undefined;
-  const fail = (code: ErrorCode, message: string): ParseResult =>
-    cid === undefined ? { ok: false, code, message } : { ok: false, code, message, cid };
 
   const type = obj.type === undefined ? "message" : obj.type;
   const governance = typeof type === "string" && GOVERNANCE_FRAME_TYPES.has(type);
@@ -422,19 +433,20 @@ export function parseClientFrame(
     (mode === "seed" || !(type === "ping" || type === "typing" || type === "history" || governance))
   ) {
     const shown = typeof type === "string" ? JSON.stringify(type.slice(0, 40)) : typeof type;
-    return fail("unknown_type", `unknown frame type ${shown}`);
+    return refused("unknown_type", `unknown frame type ${shown}`, cid);
   }
   if (type === "ping") return { ok: true, frame: { type: "ping" } };
   if (type === "typing") return { ok: true, frame: { type: "typing" } };
   if (type === "history") {
     const parsed = schemas().history.safeParse(obj);
-    if (!parsed.success) return fail("invalid_frame", firstIssue(parsed.error));
+    if (!parsed.success) return refused("invalid_frame", firstIssue(parsed.error), cid);
     const limit = Math.min(parsed.data.limit ?? limits.defaultHistoryLimit, limits.maxHistoryLimit);
     const frame: ClientFrame = { type: "history", limit };
     if (parsed.data.before !== undefined) frame.before = parsed.data.before;
     return { ok: true, frame };
   }
   if (governance) {
+    const fail = (code: ErrorCode, message: string): ParseResult => refused(code, message, cid);
     return parseGovernanceFrame(type as "auth" | "delete" | "edit" | "ban" | "unban", obj, cid, limits, fail);
   }
 
@@ -444,22 +456,22 @@ export function parseClientFrame(
   // a frame the schema refuses pays for the parse, which names the problem.
   const message = obj.message;
   if (typeof message !== "string" || (obj.cid !== undefined && cid === undefined)) {
-    if (message === undefined) return fail("invalid_message", "message is required");
+    if (message === undefined) return refused("invalid_message", "message is required", cid);
     const parsed = schemas().message.safeParse(obj);
-    return fail("invalid_message", parsed.success ? "message is invalid" : firstIssue(parsed.error));
+    return refused("invalid_message", parsed.success ? "message is invalid" : firstIssue(parsed.error), cid);
   }
-  if (message.trim().length === 0) return fail("invalid_message", "message must not be empty");
+  if (message.trim().length === 0) return refused("invalid_message", "message must not be empty", cid);
   if (charLength(message, limits.maxMessageLength) > limits.maxMessageLength) {
-    return fail("message_too_long", `message must be at most ${limits.maxMessageLength} characters`);
+    return refused("message_too_long", `message must be at most ${limits.maxMessageLength} characters`, cid);
   }
-  if (!message.isWellFormed()) return fail("invalid_message", "message must be valid Unicode text");
+  if (!message.isWellFormed()) return refused("invalid_message", "message must be valid Unicode text", cid);
   const frame: ClientFrame = { type: "message", message };
   // A connection named by `?user=` or a token ignores the frame's `user`.
   if (needsUser) {
     const user = obj.user;
-    if (user === undefined) return fail("invalid_message", "user is required");
+    if (user === undefined) return refused("invalid_message", "user is required", cid);
     const problem = nameProblem(user);
-    if (problem) return fail("invalid_message", problem);
+    if (problem) return refused("invalid_message", problem, cid);
     frame.user = user as string;
   }
   if (cid !== undefined) frame.cid = cid;
@@ -472,8 +484,11 @@ export function serialize(frame: ServerFrame): string {
 }
 
 /** Builds an error frame, with the `cid` when one is known. */
-export function errorFrame(code: ErrorCode, message: string, cid?: string): ErrorFrame {
-  return cid === undefined ? { type: "error", code, message } : { type: "error", code, message, cid };
+export function errorFrame(code: ErrorCode, message: string, cid?: string, retryAfterMs?: number): ErrorFrame {
+  const frame: ErrorFrame =
+    cid === undefined ? { type: "error", code, message } : { type: "error", code, message, cid };
+  if (retryAfterMs !== undefined) frame.retryAfterMs = retryAfterMs;
+  return frame;
 }
 
 /**
