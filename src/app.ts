@@ -1,12 +1,24 @@
 import { type Context, Hono, type MiddlewareHandler } from "hono";
-import { getCookie } from "hono/cookie";
-import { verify } from "hono/jwt";
 import { secureHeaders } from "hono/secure-headers";
 import type { UpgradeWebSocket, WSContext } from "hono/ws";
 import type { Config } from "./config.ts";
+import { createApi } from "./governance/api.ts";
+import {
+  decodeIdentity,
+  type Identity,
+  isRefusal,
+  roomAllowed,
+  type TokenSettings,
+  tokenFromRequest,
+  verifyToken,
+} from "./governance/token.ts";
 import type { ChatSocket, Hub } from "./hub/hub.ts";
+import { clientKey } from "./limits/address.ts";
+import { allowedHostsFor, hostAllowed } from "./limits/hosts.ts";
+import { AddressLimits, readCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
+import { LogThrottle } from "./observability/throttle.ts";
 import { CloseCode, isMessageId, nameProblem, roomProblem, selectSubprotocol } from "./protocol.ts";
 import { Session, type SessionInit } from "./session.ts";
 import type { HistoryStore } from "./store/store.ts";
@@ -29,6 +41,27 @@ export interface AppDeps {
   serveStatic?: MiddlewareHandler;
   /** Names the runtime in /healthz. @default "unknown" */
   runtime?: string;
+  /**
+   * The TCP peer's address of a request (the runtime's getConnInfo, or
+   * Workers' CF-Connecting-IP). Per-address limits key on it (TRUST_PROXY:
+   * X-Forwarded-For); without it every client counts as one address,
+   * "unknown". @default none
+   */
+  peerAddress?: (c: Context) => string | null | undefined;
+  /**
+   * Requests the runtime makes itself, not a client (Workers replaying its
+   * upgrades after hibernation): not capped or charged per address.
+   * @default none
+   */
+  internalRequest?: (c: Context) => boolean;
+  /**
+   * The app runs behind the Worker's front (a room's Durable Object), which
+   * nothing else can reach: the front has checked the token and the API key,
+   * and forwards the token's identity in the `identity` query parameter
+   * (governance/token.ts). AUTH_SECRET still checks `auth` refreshes here.
+   * @default false
+   */
+  behindFront?: boolean;
 }
 
 /** Hono's env for the app: what the upgrade check hands the WebSocket handler. */
@@ -58,7 +91,7 @@ export function defaultToSocket(ws: WSContext, id: string): ChatSocket {
   };
 }
 
-type Problem = { status: 400 | 401 | 403 | 426 | 503; error: string };
+type Problem = { status: 400 | 401 | 403 | 426 | 429 | 503; error: string };
 
 /** The `Origin` rule of PROTOCOL.md section 4: same host:port, or listed. */
 export function originProblem(c: Context, allowed: readonly string[]): Problem | null {
@@ -76,35 +109,23 @@ export function originProblem(c: Context, allowed: readonly string[]): Problem |
   return { status: 403, error: "origin not allowed" };
 }
 
-/** The token from `?token=`, `Authorization: Bearer` or the `token` cookie. */
-function tokenOf(c: Context): string | undefined {
-  const query = c.req.query("token");
-  if (query) return query;
-  const auth = c.req.header("authorization");
-  const bearer = auth?.match(/^Bearer\s+(\S+)$/i)?.[1];
-  if (bearer) return bearer;
-  return getCookie(c, "token") || undefined;
-}
-
 /**
- * Checks the JWT when AUTH_SECRET is set; resolves with the name it gives
- * (`name`, else `sub`), or null when auth is off.
+ * Checks the JWT when AUTH_SECRET is set (signature, `exp`, AUTH_ISSUER,
+ * AUTH_AUDIENCE; governance/token.ts) and, given `room`, its `rooms` claim
+ * (403). Resolves with the token's identity, or null when auth is off.
  */
-export async function authenticate(c: Context, secret: string | undefined): Promise<Problem | { name: string | null }> {
-  if (secret === undefined) return { name: null };
-  const token = tokenOf(c);
+export async function authenticate(
+  c: Context,
+  settings: TokenSettings,
+  room?: string,
+): Promise<Problem | { identity: Identity | null }> {
+  if (settings.authSecret === undefined) return { identity: null };
+  const token = tokenFromRequest(c);
   if (!token) return { status: 401, error: "a token is required" };
-  let payload: Record<string, unknown>;
-  try {
-    payload = await verify(token, secret, "HS256");
-  } catch {
-    return { status: 401, error: "invalid or expired token" };
-  }
-  const name = typeof payload.name === "string" ? payload.name : payload.sub;
-  if (typeof name !== "string" || nameProblem(name) !== null) {
-    return { status: 401, error: "the token names no valid user (claim name or sub)" };
-  }
-  return { name };
+  const identity = await verifyToken(token, settings);
+  if (isRefusal(identity)) return { status: 401, error: identity.refused };
+  if (room !== undefined && !roomAllowed(identity.rooms, room)) return { status: 403, error: "room not allowed" };
+  return { identity };
 }
 
 /** Room, user and since from the query, checked before the upgrade. */
@@ -131,6 +152,8 @@ export interface CheckedUpgrade {
   name: string | null;
   /** True when the name comes from a token. */
   fromToken: boolean;
+  /** What the token says; null without AUTH_SECRET. */
+  identity: Identity | null;
   since: string | null;
 }
 
@@ -149,16 +172,48 @@ export async function checkUpgrade(
     return { status: 426, error: "this endpoint takes WebSocket upgrades only" };
   }
   if (draining) return { status: 503, error: "server is shutting down" };
+  if (!hostAllowed(c.req.header("host"), allowedHostsFor(config))) return hostRefused(c, logger);
   const origin = originProblem(c, config.allowedOrigins);
   if (origin) {
-    logger.warn({ origin: c.req.header("origin"), host: c.req.header("host") }, "refused a cross-origin upgrade");
+    const more = refusalLog.origin.pass();
+    if (more !== null) {
+      logger.warn(
+        { origin: c.req.header("origin"), host: c.req.header("host"), more },
+        "refused a cross-origin upgrade",
+      );
+    }
     return origin;
   }
   const params = connectionParams(c);
   if (isProblem(params)) return params;
-  const auth = await authenticate(c, config.authSecret);
+  const auth = await authenticate(c, config, params.room);
   if (isProblem(auth)) return auth;
-  return { room: params.room, name: auth.name ?? params.user, fromToken: auth.name !== null, since: params.since };
+  const { identity } = auth;
+  return {
+    room: params.room,
+    name: identity?.name ?? params.user,
+    fromToken: identity !== null,
+    identity,
+    since: params.since,
+  };
+}
+
+/** Refusals a client can repeat at will are logged once a minute, with the count of the rest. */
+const refusalLog = { host: new LogThrottle(), origin: new LogThrottle(), address: new LogThrottle() };
+
+/** 403 for a Host that is not allowed (DNS rebinding, see limits/hosts.ts). */
+function hostRefused(c: Context, logger: Logger): Problem {
+  const more = refusalLog.host.pass();
+  if (more !== null)
+    logger.warn({ host: c.req.header("host"), more }, "refused a request for a host that is not allowed");
+  return { status: 403, error: "host not allowed; the server's operator can add it to ALLOWED_HOSTS" };
+}
+
+/** A 429 JSON answer with Retry-After (whole seconds, rounded up) and `retryAfterMs`. */
+export function tooMany(c: Context, error: string, retryAfterMs: number | null): Response {
+  if (retryAfterMs === null) return c.json({ error }, 429);
+  c.header("retry-after", String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
+  return c.json({ error, retryAfterMs }, 429);
 }
 
 /**
@@ -189,7 +244,12 @@ export function createChat(deps: AppDeps): Chat {
   const toSocket = deps.toSocket ?? defaultToSocket;
   const sessions = new Set<Session>();
   let draining = false;
+  /** Per client address: open connections and a shared bucket (limits/limiter.ts). */
+  const addresses = new AddressLimits(config);
+  const keyOf = (c: Context) => clientKey(deps.peerAddress?.(c), c.req.header("x-forwarded-for"), config.trustProxy);
   const app = new Hono<ChatEnv>();
+  // Behind the Worker's front the token was checked there; refreshes still use config.
+  const checks: Config = deps.behindFront ? { ...config, authSecret: undefined } : config;
 
   app.use("*", securityHeaders());
 
@@ -215,7 +275,9 @@ export function createChat(deps: AppDeps): Chat {
     const room = c.req.param("room");
     const roomError = roomProblem(room);
     if (roomError) return c.json({ error: roomError }, 400);
-    const auth = await authenticate(c, config.authSecret);
+    if (!hostAllowed(c.req.header("host"), allowedHostsFor(config)))
+      return c.json({ error: hostRefused(c, logger).error }, 403);
+    const auth = await authenticate(c, checks, room);
     if (isProblem(auth)) return c.json({ error: auth.error }, auth.status);
     const before = c.req.query("before");
     if (before !== undefined && !isMessageId(before)) return c.json({ error: "before must be a message id" }, 400);
@@ -224,6 +286,12 @@ export function createChat(deps: AppDeps): Chat {
     if (!/^\d+$/.test(limitText) || limit < 1)
       return c.json({ error: "limit must be a whole number from 1 to 500" }, 400);
     const n = Math.min(limit, 500);
+    // Charged to the address by what it reads: a loop of limit=500 reads
+    // empties the bucket ten times faster than the page's pages of 50.
+    if (!deps.internalRequest?.(c)) {
+      const wait = addresses.charge(keyOf(c), readCost(n));
+      if (wait > 0) return tooMany(c, "too many requests from your address; slow down", wait);
+    }
     try {
       const messages = before === undefined ? await store.latest(room, n) : await store.before(room, before, n);
       return c.json({ messages });
@@ -236,20 +304,43 @@ export function createChat(deps: AppDeps): Chat {
   app.get(
     "/websocket",
     async (c, next) => {
-      const checked = await checkUpgrade(c, config, logger, draining);
+      const checked = await checkUpgrade(c, checks, logger, draining);
       if (isProblem(checked)) return c.json({ error: checked.error }, checked.status);
+      const identity = deps.behindFront ? decodeIdentity(c.req.query("identity")) : checked.identity;
+      if (checked.name !== null) {
+        let until: number | null;
+        try {
+          until = await store.bannedUntil(checked.room, checked.name, Date.now());
+        } catch (error) {
+          logger.error({ room: checked.room, err: error }, "ban check failed");
+          return c.json({ error: "chat is unavailable, try again" }, 503);
+        }
+        if (until !== null) return c.json({ error: "banned", until: Number.isFinite(until) ? until : null }, 403);
+      }
+      const address = keyOf(c);
+      if (!deps.internalRequest?.(c)) {
+        const refused = addresses.admit(address);
+        if (refused) {
+          const more = refusalLog.address.pass();
+          if (more !== null)
+            logger.info({ address, reason: refused.error, more }, "refused a handshake (per-address limit)");
+          return tooMany(c, refused.error, refused.retryAfterMs);
+        }
+      }
       const init: SessionInit = {
         room: checked.room,
         name: checked.name,
         mode: selectSubprotocol(c.req.header("sec-websocket-protocol")) ? "v1" : "seed",
         since: checked.since,
+        address,
+        identity,
       };
       c.set("chatSession", init);
       await next();
     },
     deps.upgradeWebSocket((c) => {
       const init: SessionInit = c.get("chatSession");
-      const session = new Session({ hub, store, config, logger, metrics }, init);
+      const session = new Session({ hub, store, config, logger, metrics, addresses }, init);
       const id = `c${(++nextSocketId).toString(36)}`;
       let started = false;
       const start = (ws: WSContext) => {
@@ -276,6 +367,7 @@ export function createChat(deps: AppDeps): Chat {
     }),
   );
 
+  if (config.apiKey !== undefined) app.route("/api", createApi({ config, hub, store, logger, trusted: deps.behindFront }));
   if (deps.serveStatic) app.use("/*", deps.serveStatic);
   app.notFound((c) => c.json({ error: "not found" }, 404));
   app.onError((error, c) => {

@@ -5,6 +5,8 @@
  */
 import { en } from "zod/locales";
 import * as z from "zod/mini";
+import { parseTrustProxy, TRUST_NONE, type TrustProxy } from "./limits/address.ts";
+import { type AllowedHosts, parseAllowedHosts } from "./limits/hosts.ts";
 
 // zod/mini (a fraction of full zod's size in the Worker bundle) ships no
 // messages of its own: English ones keep the operator's errors readable.
@@ -12,6 +14,15 @@ z.config(en());
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
   z.coerce.number({ error: "must be a number" }).check(z.int("must be a whole number"), z.minimum(min), z.maximum(max));
+
+const isHttpUrl = (value: string): boolean => {
+  try {
+    const { protocol } = new URL(value);
+    return protocol === "http:" || protocol === "https:";
+  } catch {
+    return false;
+  }
+};
 
 const flag = z.pipe(
   z.enum(["true", "false", "1", "0", "on", "off", "yes", "no"], { error: "must be true or false" }),
@@ -93,6 +104,45 @@ const schema = z.object({
   BUN_TOPICS: z._default(flag, true),
   /** Longest a graceful shutdown waits before it exits anyway. @default 4000 */
   SHUTDOWN_TIMEOUT_MS: z._default(int(0, 60000), 4000),
+  /** Open connections per client address; the next handshake gets 429. 0 turns the cap off. @default 256 */
+  MAX_CONNECTIONS_PER_IP: z._default(int(0), 256),
+  /** Bucket shared by all of an address's connections and REST reads, in units (a message is 1). 0: off. @default 100 */
+  RATE_LIMIT_IP: z._default(int(0), 100),
+  /** Units added back to an address's bucket per second. @default 10 */
+  RATE_LIMIT_IP_REFILL: z._default(z.coerce.number().check(z.positive("must be above 0")), 10),
+  /** Proxies whose X-Forwarded-For is believed: addresses, CIDRs, `loopback`; comma-separated. @default none */
+  TRUST_PROXY: z._default(
+    z.pipe(
+      z.string(),
+      z.transform((value: string, ctx) => {
+        try {
+          return parseTrustProxy(value);
+        } catch (error) {
+          ctx.issues.push({ code: "custom", message: (error as Error).message, input: value });
+          return z.NEVER;
+        }
+      }),
+    ),
+    TRUST_NONE,
+  ),
+  /** Presence frames to one member at most once per this many ms (merged); 0 sends every change. @default 250 */
+  PRESENCE_INTERVAL_MS: z._default(int(0, 60000), 250),
+  /** Host names the server answers to (DNS rebinding); `*` for any. @default unset: see hosts.ts */
+  ALLOWED_HOSTS: z.optional(z.pipe(z.string(), z.transform(parseAllowedHosts))),
+  /** Enables the server API under /api; callers send `Authorization: Bearer <API_KEY>`. @default unset (/api is 404) */
+  API_KEY: z.optional(z.string().check(z.minLength(16, "must be at least 16 characters"))),
+  /** With AUTH_SECRET: tokens must carry this `iss`. @default unset (not checked) */
+  AUTH_ISSUER: z.optional(z.string().check(z.minLength(1))),
+  /** With AUTH_SECRET: tokens' `aud` must be (or contain) this. @default unset (not checked) */
+  AUTH_AUDIENCE: z.optional(z.string().check(z.minLength(1))),
+  /** Receiver of the webhooks (PROTOCOL 8.4); needs WEBHOOK_SECRET. @default unset (no webhooks) */
+  WEBHOOK_URL: z.optional(
+    z.string().check(z.refine(isHttpUrl, "must be an http(s) URL like https://app.example.com/chat-events")),
+  ),
+  /** HMAC key of X-Chat-Signature; required with WEBHOOK_URL. @default unset */
+  WEBHOOK_SECRET: z.optional(z.string().check(z.minLength(16, "must be at least 16 characters"))),
+  /** Longest wait for the webhook receiver's answer before the attempt counts as failed. @default 5000 */
+  WEBHOOK_TIMEOUT_MS: z._default(int(100, 60000), 5000),
 });
 
 /** The validated configuration. */
@@ -123,6 +173,25 @@ export interface Config {
   /** Bun only: fan-out through Bun's topic publish. */
   bunTopics: boolean;
   shutdownTimeoutMs: number;
+  /** Open connections per client address; 0 when there is no cap. */
+  maxConnectionsPerIp: number;
+  /** Per-address bucket size in units; 0 when per-address rate limits are off. */
+  rateLimitIp: number;
+  rateLimitIpRefillPerSecond: number;
+  /** Proxies whose X-Forwarded-For is believed. */
+  trustProxy: TrustProxy;
+  /** Presence merge interval; 0 sends every change at once. */
+  presenceIntervalMs: number;
+  /** ALLOWED_HOSTS; undefined when unset (see limits/hosts.ts for what that allows). */
+  allowedHosts: AllowedHosts | undefined;
+  /** The server API's key; undefined: /api is 404. */
+  apiKey: string | undefined;
+  /** Required token `iss`, when set. */
+  authIssuer: string | undefined;
+  /** Required token `aud`, when set. */
+  authAudience: string | undefined;
+  /** Webhooks (WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_TIMEOUT_MS); undefined when WEBHOOK_URL is unset. */
+  webhook: { url: string; secret: string; timeoutMs: number } | undefined;
 }
 
 /** Thrown for a bad setting; the message names every bad variable. */
@@ -156,6 +225,11 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (history === "redis" && e.HUB !== "redis") {
     throw new ConfigError("invalid configuration:\n  HISTORY=redis needs HUB=redis");
   }
+  if (e.WEBHOOK_URL && !e.WEBHOOK_SECRET) {
+    throw new ConfigError(
+      "invalid configuration:\n  WEBHOOK_SECRET must be set when WEBHOOK_URL is (it signs every delivery)",
+    );
+  }
   return {
     port: e.PORT,
     host: e.HOST,
@@ -181,6 +255,18 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     wsCompression: e.WS_COMPRESSION,
     bunTopics: e.BUN_TOPICS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    maxConnectionsPerIp: e.MAX_CONNECTIONS_PER_IP,
+    rateLimitIp: e.RATE_LIMIT_IP,
+    rateLimitIpRefillPerSecond: e.RATE_LIMIT_IP_REFILL,
+    trustProxy: e.TRUST_PROXY,
+    presenceIntervalMs: e.PRESENCE_INTERVAL_MS,
+    allowedHosts: e.ALLOWED_HOSTS,
+    apiKey: e.API_KEY,
+    authIssuer: e.AUTH_ISSUER,
+    authAudience: e.AUTH_AUDIENCE,
+    webhook: e.WEBHOOK_URL
+      ? { url: e.WEBHOOK_URL, secret: e.WEBHOOK_SECRET!, timeoutMs: e.WEBHOOK_TIMEOUT_MS }
+      : undefined,
   };
 }
 

@@ -1,5 +1,13 @@
 import type { Config } from "./config.ts";
+import {
+  ConnectionGovernance,
+  type GovernanceFrame,
+  type GovernanceHost,
+  refuseWithoutToken,
+} from "./governance/moderation.ts";
+import type { Identity } from "./governance/token.ts";
 import { type ChatSocket, type Hub, Member } from "./hub/hub.ts";
+import { type AddressLimits, type ChargeKind, ConnectionLimits, readCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import {
@@ -24,6 +32,8 @@ export interface SessionDeps {
   config: Config;
   logger: Logger;
   metrics: Metrics;
+  /** The server's per-address table (connection cap, shared bucket). @default none: per connection only */
+  addresses?: AddressLimits;
 }
 
 /** One connection's parameters, checked before the upgrade. */
@@ -34,33 +44,24 @@ export interface SessionInit {
   mode: Mode;
   /** `?since=`: resume after this message id. */
   since: string | null;
+  /** What the connection's token says (AUTH_SECRET); null or absent without one. */
+  identity?: Identity | null;
+  /** The client's address key (limits/address.ts). @default "unknown" */
+  address?: string;
 }
 
 /**
- * A token bucket: `capacity` messages, refilled at `perSecond`. Per
- * connection, so one noisy client cannot slow a room.
+ * Frames held before the welcome (PROTOCOL 7): past either bound the
+ * connection is closed with 1008, so a client that streams while the join
+ * waits (Redis slow or down) costs bounded memory.
  */
-export class TokenBucket {
-  #tokens: number;
-  #at: number;
+export const INBOX_MAX_FRAMES = 64;
+/** Bytes (UTF-8) held before the welcome; see {@link INBOX_MAX_FRAMES}. */
+export const INBOX_MAX_BYTES = 256 * 1024;
 
-  constructor(
-    readonly capacity: number,
-    readonly perSecond: number,
-    now: number,
-  ) {
-    this.#tokens = capacity;
-    this.#at = now;
-  }
-
-  take(now: number): boolean {
-    this.#tokens = Math.min(this.capacity, this.#tokens + ((now - this.#at) / 1000) * this.perSecond);
-    this.#at = now;
-    if (this.#tokens < 1) return false;
-    this.#tokens -= 1;
-    return true;
-  }
-}
+/** Error lines logged per connection; the rest are counted (a summary line at most once a minute, and at close). */
+export const ERROR_LINES_PER_CONNECTION = 5;
+const ERROR_SUMMARY_MS = 60_000;
 
 /** Typing notices relayed at most this often per connection. */
 const TYPING_INTERVAL_MS = 1000;
@@ -83,10 +84,19 @@ type Inbound = string | ArrayBuffer | ArrayBufferView | Blob;
  */
 export class Session {
   #member: Member | null = null;
+  /** Moderation, refresh and expiry: only for a connection with a token. */
+  #gov: ConnectionGovernance | null = null;
   /** Frames that arrived before the join finished, handled in order after. */
   #inbox: Inbound[] | null = [];
+  #inboxBytes = 0;
   #closed = false;
-  readonly #bucket: TokenBucket | null;
+  readonly #rate: ConnectionLimits;
+  /** Counted in the address's connections (released at close). */
+  #counted = false;
+  /** Error lines logged, and those not logged since the last summary. */
+  #errorLines = 0;
+  #errorsUnlogged = 0;
+  #errorSummaryAt = 0;
   readonly #limits: ParseLimits;
   #lastTyping = 0;
   readonly #openedAt = Date.now();
@@ -100,8 +110,7 @@ export class Session {
     readonly init: SessionInit,
   ) {
     const { config } = deps;
-    this.#bucket =
-      config.rateLimit > 0 ? new TokenBucket(config.rateLimit, config.rateLimitRefillPerSecond, Date.now()) : null;
+    this.#rate = new ConnectionLimits(config, deps.addresses ?? null, init.address ?? "unknown");
     this.#limits = {
       maxMessageLength: config.maxMessageLength,
       maxHistoryLimit: 500,
@@ -120,16 +129,30 @@ export class Session {
     const { hub, metrics, config } = this.deps;
     const { room, name, mode } = this.init;
     this.#conn = socket.id;
+    const { addresses } = this.deps;
+    if (addresses) {
+      // Handshakes that raced past the check in the app: the count decides.
+      if (!addresses.open(this.init.address ?? "unknown")) {
+        this.#inbox = null;
+        socket.close(CloseCode.PolicyViolation, "too many connections from your address");
+        return;
+      }
+      this.#counted = true;
+    }
     const member = new Member(socket, name, mode, config.maxBufferedBytes, () => {
       metrics.slowConsumerClosed();
       this.#log.warn({ conn: this.#conn, room }, "closing a client that does not read");
     });
     this.#member = member;
+    if (this.init.identity) {
+      const govDeps = { hub, store: this.deps.store, tokens: config, logger: this.#log };
+      this.#gov = new ConnectionGovernance(govDeps, this.#host(), this.init.identity);
+    }
     metrics.connectionOpened(mode);
     this.#log.info({ conn: this.#conn, room, user: name, mode }, "connection opened");
     try {
       const users = await hub.join(room, member);
-      if (this.#closed) {
+      if (this.#closed || !member.open) {
         hub.leave(room, member);
         return;
       }
@@ -149,6 +172,7 @@ export class Session {
       socket.close(CloseCode.TryAgainLater, "chat is unavailable, try again");
       return;
     }
+    this.#gov?.start();
     const inbox = this.#inbox ?? [];
     this.#inbox = null;
     for (const data of inbox) this.message(data);
@@ -158,6 +182,7 @@ export class Session {
     const { store, config } = this.deps;
     const { room, name, since } = this.init;
     const welcome: WelcomeFrame = { type: "welcome", room, user: name, users, history: [] };
+    if (this.#gov?.moderator) welcome.role = "moderator";
     if (since === null) {
       welcome.history = await store.latest(room, config.welcomeHistory);
     } else if (isMessageId(since)) {
@@ -172,11 +197,44 @@ export class Session {
     return welcome;
   }
 
+  /** Keeps a frame for after the welcome, within the inbox bounds. */
+  #hold(inbox: Inbound[], data: Inbound): void {
+    this.#inboxBytes +=
+      typeof data === "string" ? encoder.encode(data).length : data instanceof Blob ? data.size : data.byteLength;
+    if (inbox.length < INBOX_MAX_FRAMES && this.#inboxBytes <= INBOX_MAX_BYTES) {
+      inbox.push(data);
+      return;
+    }
+    this.#inbox = null;
+    this.#log.info(
+      { conn: this.#conn, frames: inbox.length + 1, bytes: this.#inboxBytes },
+      "closing a client that sent too much before its welcome",
+    );
+    const member = this.#member;
+    if (!member) return; // not opened yet: the frame is only dropped (the runtimes open first)
+    // No welcome and nothing else goes out; open() leaves the room when the join settles.
+    member.detach();
+    member.socket.close(CloseCode.PolicyViolation, "too many frames before the welcome");
+  }
+
+  /**
+   * Charges a request to this connection's `kind` bucket (and, for
+   * `message` and `read`, its address's). Over the limit it answers
+   * `rate_limited` with `retryAfterMs` (with `cid` when given) and returns
+   * false: drop the request. `silent`: no answer (typing).
+   */
+  #charge(kind: ChargeKind, cost: number, cid?: string, silent = false): boolean {
+    const wait = this.#rate.charge(kind, cost);
+    if (wait === 0) return true;
+    if (!silent) this.#error("rate_limited", "too many requests; wait retryAfterMs and try again", cid, wait);
+    return false;
+  }
+
   /** Handles one frame from the client. */
   message(data: Inbound): void {
     if (this.#closed) return;
     if (this.#inbox) {
-      this.#inbox.push(data);
+      this.#hold(this.#inbox, data);
       return;
     }
     const member = this.#member;
@@ -212,9 +270,12 @@ export class Session {
     const { room } = this.init;
     switch (frame.type) {
       case "ping":
+        if (!this.#charge("control", 1)) return;
         member.deliver('{"type":"pong"}');
         return;
       case "typing": {
+        // Over the limit a typing notice is dropped without an answer: it is advisory.
+        if (!this.#charge("control", 1, undefined, true)) return;
         const now = Date.now();
         if (now - this.#lastTyping < TYPING_INTERVAL_MS) return;
         this.#lastTyping = now;
@@ -222,6 +283,8 @@ export class Session {
         return;
       }
       case "history": {
+        // Charged by what it may read: `limit` 500 costs ten times `limit` 50.
+        if (!this.#charge("read", readCost(frame.limit))) return;
         const read =
           frame.before === undefined ? store.latest(room, frame.limit) : store.before(room, frame.before, frame.limit);
         read.then(
@@ -239,11 +302,15 @@ export class Session {
         );
         return;
       }
+      case "auth":
+      case "delete":
+      case "edit":
+      case "ban":
+      case "unban":
+        this.#governance(frame);
+        return;
       case "message": {
-        if (this.#bucket && !this.#bucket.take(Date.now())) {
-          this.#error("rate_limited", "too many messages; slow down", frame.cid);
-          return;
-        }
+        if (!this.#charge("message", 1, frame.cid)) return;
         const user = member.name ?? frame.user ?? "";
         const draft =
           frame.cid === undefined ? { user, message: frame.message } : { user, message: frame.message, cid: frame.cid };
@@ -263,12 +330,57 @@ export class Session {
     }
   }
 
-  #error(code: ErrorCode, message: string, cid?: string): void {
+  /**
+   * Token refresh and moderation (governance/moderation.ts). Each costs a
+   * store read or a token check, so it is charged like a message.
+   */
+  #governance(frame: GovernanceFrame): void {
+    if (!this.#charge("message", 1, frame.cid)) return;
+    if (this.#gov) this.#gov.handle(frame);
+    else refuseWithoutToken(this.#host(), frame);
+  }
+
+  /** What the governance of this connection may do with it. */
+  #host(): GovernanceHost {
+    const { room, mode, name } = this.init;
+    return {
+      room,
+      mode,
+      name,
+      deliver: (text) => this.#member?.deliver(text),
+      error: (code, message, cid) => this.#error(code, message, cid),
+      close: (code, reason) => this.close(code, reason),
+    };
+  }
+
+  #error(code: ErrorCode, message: string, cid?: string, retryAfterMs?: number): void {
     this.deps.metrics.errorSent(code);
-    // One line per error at the default level, as operators expect; the
-    // counter in /metrics is the cheap way to watch rates.
-    this.#log.info({ conn: this.#conn, code, cid, reason: message }, "error sent to client");
-    this.#member?.deliver(serialize(errorFrame(code, message, cid)));
+    this.#logError(code, message, cid);
+    this.#member?.deliver(serialize(errorFrame(code, message, cid, retryAfterMs)));
+  }
+
+  /**
+   * The first few errors of a connection get a line each, as operators
+   * expect; after that a client sending bad frames in a loop costs one
+   * summary line a minute (and the count at close), not a line per frame.
+   * The counter in /metrics still counts every one.
+   */
+  #logError(code: ErrorCode, reason: string, cid: string | undefined): void {
+    if (this.#errorLines < ERROR_LINES_PER_CONNECTION) {
+      this.#errorLines++;
+      this.#log.info({ conn: this.#conn, code, cid, reason }, "error sent to client");
+      if (this.#errorLines === ERROR_LINES_PER_CONNECTION) this.#errorSummaryAt = Date.now();
+      return;
+    }
+    this.#errorsUnlogged++;
+    const now = Date.now();
+    if (now - this.#errorSummaryAt < ERROR_SUMMARY_MS) return;
+    this.#log.info(
+      { conn: this.#conn, errors: this.#errorsUnlogged, last: code },
+      "more errors sent to client (not logged one by one)",
+    );
+    this.#errorsUnlogged = 0;
+    this.#errorSummaryAt = now;
   }
 
   /** Closes the connection from the server's side (shutdown: 1001). */
@@ -286,13 +398,25 @@ export class Session {
     if (this.#closed) return;
     this.#closed = true;
     this.#inbox = null;
+    this.#gov?.stop();
+    if (this.#counted) {
+      this.#counted = false;
+      this.deps.addresses?.close(this.init.address ?? "unknown");
+    }
     const member = this.#member;
     if (!member) return;
     member.detach();
     this.deps.hub.leave(this.init.room, member);
     this.deps.metrics.connectionClosed(this.init.mode);
     this.#log.info(
-      { conn: this.#conn, room: this.init.room, code, frames: this.#received, ms: Date.now() - this.#openedAt },
+      {
+        conn: this.#conn,
+        room: this.init.room,
+        code,
+        frames: this.#received,
+        ms: Date.now() - this.#openedAt,
+        errorsNotLogged: this.#errorsUnlogged || undefined,
+      },
       "connection closed",
     );
   }

@@ -8,7 +8,7 @@ import { loadConfig } from "../../src/config.ts";
 import { MemoryHub } from "../../src/hub/memory.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
 import { noopMetrics } from "../../src/observability/metrics.ts";
-import { Session, type SessionInit, TokenBucket } from "../../src/session.ts";
+import { Session, type SessionInit } from "../../src/session.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { FailingStore } from "../helpers/failing-store.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
@@ -191,18 +191,5 @@ describe("Session", () => {
     session.message(j({ message: "late" }));
     session.closed(1000); // twice is fine
     expect(socket.ofType("message")).toEqual([]);
-  });
-});
-
-describe("TokenBucket", () => {
-  it("allows a burst of capacity, then refills at the rate", () => {
-    const bucket = new TokenBucket(3, 2, 0);
-    expect([bucket.take(0), bucket.take(0), bucket.take(0), bucket.take(0)]).toEqual([true, true, true, false]);
-    expect(bucket.take(499)).toBe(false);
-    expect(bucket.take(500)).toBe(true); // 2 per second: one token after 500 ms
-    expect(bucket.take(10_000)).toBe(true);
-    expect(bucket.take(10_000)).toBe(true);
-    expect(bucket.take(10_000)).toBe(true);
-    expect(bucket.take(10_000)).toBe(false); // never more than capacity
   });
 });
