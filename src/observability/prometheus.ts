@@ -26,6 +26,26 @@ export class PrometheusMetrics implements Metrics {
     help: "Connections closed with 1013 because they did not read",
     registers: [this.registry],
   });
+  readonly #webhookPending = new Gauge({
+    name: "chat_webhook_pending",
+    help: "Webhook events waiting in the outbox (undelivered, retried)",
+    registers: [this.registry],
+  });
+  readonly #webhookDelivered = new Counter({
+    name: "chat_webhook_delivered_total",
+    help: "Webhook events delivered (2xx)",
+    registers: [this.registry],
+  });
+  readonly #webhookAttemptFailed = new Counter({
+    name: "chat_webhook_attempt_failures_total",
+    help: "Webhook attempts that failed (non-2xx, timeout, error) and are retried",
+    registers: [this.registry],
+  });
+  readonly #webhookFailed = new Counter({
+    name: "chat_webhook_failed_total",
+    help: "Webhook events given up after the retry period (dropped)",
+    registers: [this.registry],
+  });
 
   /** @param defaults also export process metrics (CPU, memory, event loop) @default true */
   constructor(defaults = true) {
@@ -52,5 +72,17 @@ export class PrometheusMetrics implements Metrics {
   }
   async render(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+  webhookPending(count: number): void {
+    this.#webhookPending.set(count);
+  }
+  webhookDelivered(): void {
+    this.#webhookDelivered.inc();
+  }
+  webhookAttemptFailed(): void {
+    this.#webhookAttemptFailed.inc();
+  }
+  webhookFailed(): void {
+    this.#webhookFailed.inc();
   }
 }

@@ -1,0 +1,338 @@
+import type { Logger } from "../observability/logger.ts";
+import { type Metrics, noopMetrics } from "../observability/metrics.ts";
+import { FRESH, type Outbox, type PendingEvent } from "./outbox.ts";
+import { WebhookSigner } from "./signing.ts";
+
+/**
+ * Who may deliver, when several instances share one outbox (HUB=redis): only
+ * the holder of the lease, so each event is POSTed once per attempt, not once
+ * per instance, and a room's events go out in order from one place.
+ */
+export interface Lease {
+  /** True while this instance holds the lease (acquiring or renewing it as needed). */
+  hold(): Promise<boolean>;
+  /** Gives it up, so another instance takes over at once instead of after the expiry. */
+  release(): Promise<void>;
+}
+
+/** Options of {@link WebhookDelivery}. */
+export interface WebhookDeliveryOptions {
+  /** WEBHOOK_URL. */
+  url: string;
+  /** WEBHOOK_SECRET: the HMAC key of X-Chat-Signature. */
+  secret: string;
+  outbox: Outbox;
+  logger: Logger;
+  /** @default noopMetrics */
+  metrics?: Metrics;
+  /** Longest wait for the receiver's answer (PROTOCOL 8.4: 5 s). @default 5000 */
+  timeoutMs?: number;
+  /** Rooms delivered at the same time (each in order, one request at a time). @default 32 */
+  concurrency?: number;
+  /** Events read from the outbox at a time per room: what bounds the loop's memory. @default 100 */
+  pageSize?: number;
+  /** Delay before the first retry (then doubling, with jitter: the first within 2 s). @default 1000 */
+  firstRetryMs?: number;
+  /** Longest delay between two attempts. @default 600000 (10 min) */
+  maxRetryMs?: number;
+  /**
+   * An event is given up (dropped, logged, counted failed) only when it is at
+   * least this old and its room's deliveries have failed for this long.
+   * @default 86400000 (24 h)
+   */
+  giveUpAfterMs?: number;
+  /**
+   * Longest sleep of the loop: how soon it sees events another instance added
+   * or a lease another instance let go. Events added here wake it at once.
+   * @default 1000
+   */
+  pollMs?: number;
+  /** Several instances share the outbox: deliver only while holding this. @default null (always) */
+  lease?: Lease | null;
+  /** How often the pending gauge is sampled. @default 5000 */
+  gaugeMs?: number;
+  /** For tests: the HTTP client. @default globalThis.fetch */
+  fetch?: typeof fetch;
+  /** For tests: jitter source. @default Math.random */
+  random?: () => number;
+}
+
+/** The most of a receiver's answer read (and discarded) to keep the connection reusable. */
+const MAX_ANSWER_BYTES = 64 * 1024;
+
+/**
+ * The webhook delivery loop (PROTOCOL 8.4): one per instance (or per Durable
+ * Object), never one timer per event. It finds rooms whose head event is due,
+ * and delivers each such room's events in order, one request at a time, up to
+ * `concurrency` rooms at once; a room whose head fails waits (head-of-line:
+ * its later events wait too) with growing delays while the other rooms keep
+ * going. Events leave the outbox only after a 2xx: at least once.
+ *
+ * Two ways to drive it: {@link start} (a loop with one timer, on Node, Bun and
+ * Deno) or {@link runDue} (one pass, from a Durable Object alarm).
+ */
+export class WebhookDelivery {
+  readonly #o: Required<Omit<WebhookDeliveryOptions, "lease" | "metrics">> & {
+    lease: Lease | null;
+    metrics: Metrics;
+  };
+  readonly #signer: WebhookSigner;
+  /** Rooms being delivered now, and their workers. */
+  readonly #active = new Map<string, Promise<void>>();
+  /** Requests in flight, aborted by a stop. */
+  readonly #inFlight = new Set<AbortController>();
+  #running: Promise<void> | null = null;
+  #stopped = false;
+  #wake: (() => void) | null = null;
+  #woken = false;
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  #gaugeAt = 0;
+  #leaseHeld = true;
+
+  constructor(options: WebhookDeliveryOptions) {
+    this.#o = {
+      timeoutMs: 5000,
+      concurrency: 32,
+      pageSize: 100,
+      firstRetryMs: 1000,
+      maxRetryMs: 600_000,
+      giveUpAfterMs: 86_400_000,
+      pollMs: 1000,
+      gaugeMs: 5000,
+      fetch: (input, init) => globalThis.fetch(input, init),
+      random: Math.random,
+      ...options,
+      lease: options.lease ?? null,
+      metrics: options.metrics ?? noopMetrics,
+    };
+    this.#signer = new WebhookSigner(options.secret);
+  }
+
+  /** Starts the loop (Node, Bun, Deno). */
+  start(): void {
+    if (this.#running || this.#stopped) return;
+    this.#running = this.#loop();
+  }
+
+  /** An event was added here: look for due rooms now rather than at the next poll. */
+  notify(): void {
+    const wake = this.#wake;
+    if (wake) wake();
+    else this.#woken = true;
+  }
+
+  /**
+   * One pass for a Durable Object alarm: delivers every room due now until
+   * none is (or each waits for a retry), and resolves with the time the next
+   * attempt is due, or null when the outbox is empty.
+   */
+  async runDue(): Promise<number | null> {
+    // Bounded: a room that keeps getting events is left for the next alarm.
+    for (let pass = 0; pass < 100 && !this.#stopped; pass++) {
+      const started = await this.#fill();
+      await Promise.all(this.#active.values());
+      if (started === 0) break;
+    }
+    await this.#sampleGauge(true);
+    return this.#o.outbox.nextDue();
+  }
+
+  /**
+   * Stops the loop: no new request starts; requests in flight get `graceMs`
+   * to finish, then are aborted (their events stay in the outbox and go out
+   * after the restart); then the outbox is flushed and the lease let go.
+   */
+  async stop(graceMs = 1000): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    this.notify();
+    if (this.#timer) clearTimeout(this.#timer);
+    const workers = Promise.all(this.#active.values());
+    let grace: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([workers, new Promise((r) => (grace = setTimeout(r, graceMs)))]);
+    clearTimeout(grace);
+    for (const c of this.#inFlight) c.abort();
+    await workers;
+    await this.#running;
+    await this.#o.outbox.flush();
+    await this.#sampleGauge(true).catch(() => {});
+    if (this.#o.lease) await this.#o.lease.release().catch(() => {});
+  }
+
+  async #loop(): Promise<void> {
+    while (!this.#stopped) {
+      try {
+        await this.#fill();
+        await this.#sampleGauge(false);
+        await this.#sleep(await this.#nextWait());
+      } catch (error) {
+        // The outbox's backend is away (Redis down): try again after a poll.
+        this.#o.logger.warn({ err: error }, "webhook delivery loop could not read the outbox");
+        await this.#sleep(this.#o.pollMs);
+      }
+    }
+  }
+
+  /** Starts a worker for each due room not being delivered yet; returns how many. */
+  async #fill(): Promise<number> {
+    if (this.#stopped) return 0;
+    const free = this.#o.concurrency - this.#active.size;
+    if (free <= 0) return 0;
+    if (this.#o.lease) {
+      this.#leaseHeld = await this.#o.lease.hold();
+      if (!this.#leaseHeld) return 0;
+    }
+    // Asking for the active rooms too guarantees `free` others when that many are due.
+    const rooms = await this.#o.outbox.due(Date.now(), this.#active.size + free);
+    let started = 0;
+    for (const room of rooms) {
+      if (started >= free || this.#stopped) break;
+      if (this.#active.has(room)) continue;
+      started++;
+      const worker = this.#deliverRoom(room)
+        .catch((error: unknown) => {
+          this.#o.logger.warn({ err: error, room }, "webhook delivery for a room stopped; it is retried");
+        })
+        .finally(() => {
+          this.#active.delete(room);
+          this.notify();
+        });
+      this.#active.set(room, worker);
+    }
+    return started;
+  }
+
+  /** How long the loop may sleep: until the next retry is due, at most a poll. */
+  async #nextWait(): Promise<number> {
+    if (!this.#leaseHeld) return this.#o.pollMs;
+    const next = await this.#o.outbox.nextDue();
+    const now = Date.now();
+    // A due time in the past belongs to a room being delivered: its worker wakes the loop when done.
+    return next !== null && next > now ? Math.min(next - now, this.#o.pollMs) : this.#o.pollMs;
+  }
+
+  #sleep(ms: number): Promise<void> {
+    if (this.#woken || this.#stopped) {
+      this.#woken = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = () => {
+        if (this.#timer) clearTimeout(this.#timer);
+        this.#timer = null;
+        this.#wake = null;
+        this.#woken = false;
+        resolve();
+      };
+      this.#wake = done;
+      this.#timer = setTimeout(done, ms);
+      // The loop must not keep a process alive that is otherwise done.
+      (this.#timer as { unref?: () => void }).unref?.();
+    });
+  }
+
+  async #sampleGauge(force: boolean): Promise<void> {
+    const now = Date.now();
+    if (!force && now - this.#gaugeAt < this.#o.gaugeMs) return;
+    this.#gaugeAt = now;
+    this.#o.metrics.webhookPending(await this.#o.outbox.pending());
+  }
+
+  /** Delivers one room's events in order until it is empty, waits for a retry, or the loop stops. */
+  async #deliverRoom(room: string): Promise<void> {
+    const { outbox, logger, metrics } = this.#o;
+    let { events, retry } = await outbox.head(room, this.#o.pageSize);
+    while (events.length > 0) {
+      if (retry.nextAt > Date.now()) return;
+      for (const event of events) {
+        if (this.#stopped || !this.#leaseHeld) return;
+        const outcome = await this.#post(event);
+        // A request the stop aborted is not a failure of the receiver.
+        if (this.#stopped && outcome !== true) return;
+        if (outcome === true) {
+          await outbox.remove(room, event.key, FRESH);
+          retry = { ...FRESH };
+          metrics.webhookDelivered();
+          continue;
+        }
+        metrics.webhookAttemptFailed();
+        const now = Date.now();
+        const attempts = retry.attempts + 1;
+        const failingSince = retry.failingSince ?? now;
+        if (now - event.ts >= this.#o.giveUpAfterMs && now - failingSince >= this.#o.giveUpAfterMs) {
+          logger.error(
+            { room, event: event.id, attempts, failingSince, reason: outcome },
+            "webhook event given up: its room's deliveries have failed for the whole retry period",
+          );
+          metrics.webhookFailed();
+          retry = { attempts, failingSince, nextAt: 0 };
+          await outbox.remove(room, event.key, retry);
+          continue;
+        }
+        retry = { attempts, failingSince, nextAt: now + this.#backoff(attempts) };
+        logger.warn(
+          { room, event: event.id, attempts, retryInMs: retry.nextAt - now, reason: outcome },
+          "webhook delivery failed; retrying",
+        );
+        await outbox.failed(room, retry);
+        return;
+      }
+      ({ events, retry } = await outbox.head(room, this.#o.pageSize));
+    }
+  }
+
+  /** Doubling from firstRetryMs, capped, and spread over its upper half so receivers are not hit in waves. */
+  #backoff(attempts: number): number {
+    const base = Math.min(this.#o.firstRetryMs * 2 ** Math.min(attempts - 1, 30), this.#o.maxRetryMs);
+    return Math.round(base / 2 + (this.#o.random() * base) / 2);
+  }
+
+  /** One POST: true on a 2xx, else why it failed (for the log). */
+  async #post(event: PendingEvent): Promise<true | string> {
+    const controller = new AbortController();
+    this.#inFlight.add(controller);
+    const timer = setTimeout(() => controller.abort(), this.#o.timeoutMs);
+    try {
+      const res = await this.#o.fetch(this.#o.url, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "x-chat-event-id": event.id,
+          "x-chat-signature": await this.#signer.sign(event.body),
+        },
+        body: event.body,
+        // A redirect is not a 2xx: the receiver must answer at WEBHOOK_URL itself.
+        redirect: "manual",
+        signal: controller.signal,
+      });
+      await drainAnswer(res);
+      return res.status >= 200 && res.status < 300 ? true : `status ${res.status}`;
+    } catch (error) {
+      if (controller.signal.aborted) return this.#stopped ? "stopped" : `no answer within ${this.#o.timeoutMs} ms`;
+      if (!(error instanceof Error)) return "request failed";
+      // fetch's own message is generic ("fetch failed"); the cause says why (ECONNREFUSED...).
+      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+      return cause ? `${error.message}: ${cause.code ?? cause.message}` : error.message;
+    } finally {
+      clearTimeout(timer);
+      this.#inFlight.delete(controller);
+    }
+  }
+}
+
+/** Reads and discards a bounded answer, so the connection can be reused; past the bound it is dropped. */
+async function drainAnswer(res: Response): Promise<void> {
+  if (!res.body) return;
+  const reader = res.body.getReader();
+  let read = 0;
+  // Bounded: stops after MAX_ANSWER_BYTES, whatever the receiver sends.
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    read += value.byteLength;
+    if (read > MAX_ANSWER_BYTES) {
+      await reader.cancel();
+      return;
+    }
+  }
+}
