@@ -367,7 +367,8 @@ export function createChat(deps: AppDeps): Chat {
     }),
   );
 
-  if (config.apiKey !== undefined) app.route("/api", createApi({ config, hub, store, logger, trusted: deps.behindFront }));
+  if (config.apiKey !== undefined)
+    app.route("/api", createApi({ config, hub, store, logger, trusted: deps.behindFront }));
   if (deps.serveStatic) app.use("/*", deps.serveStatic);
   app.notFound((c) => c.json({ error: "not found" }, 404));
   app.onError((error, c) => {

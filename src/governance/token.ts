@@ -107,3 +107,29 @@ export function roomAllowed(rooms: readonly string[] | null, room: string): bool
 }
 
 export const isRefusal = (v: Identity | TokenRefusal): v is TokenRefusal => "refused" in v;
+
+/**
+ * The identity as the Worker's front forwards it to a room's Durable Object
+ * (a query parameter of the forwarded upgrade, kept across hibernation).
+ */
+export function encodeIdentity(identity: Identity): string {
+  return JSON.stringify(identity);
+}
+
+/** The inverse of {@link encodeIdentity}; null when absent or not an identity. */
+export function decodeIdentity(text: string | undefined): Identity | null {
+  if (!text) return null;
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof v !== "object" || v === null) return null;
+  const o = v as Record<string, unknown>;
+  if (typeof o.name !== "string" || typeof o.moderator !== "boolean") return null;
+  const rooms = o.rooms === null ? null : roomsClaim(o.rooms);
+  if (rooms !== null && "refused" in rooms) return null;
+  if (o.exp !== null && typeof o.exp !== "number") return null;
+  return { name: o.name, moderator: o.moderator, rooms, exp: o.exp as number | null };
+}

@@ -45,6 +45,8 @@ import { type Context, Hono } from "hono";
 import { defineWebSocketHelper, WSContext, type WSEvents, type WSReadyState } from "hono/ws";
 import { authenticate, type Chat, checkUpgrade, createChat, securityHeaders } from "../app.ts";
 import { type Config, loadConfig } from "../config.ts";
+import { apiBodyLimit, requireApiKey } from "../governance/api.ts";
+import { encodeIdentity } from "../governance/token.ts";
 import type { ChatSocket } from "../hub/hub.ts";
 import { MemoryHub } from "../hub/memory.ts";
 import { consoleLogger, type Logger } from "../observability/logger.ts";
@@ -106,8 +108,11 @@ function createFront(env: Env): Hono {
     if ("status" in checked) return c.json({ error: checked.error }, checked.status);
     const url = new URL(c.req.url);
     url.searchParams.delete("token");
-    // The token's name wins over `?user=`; the object (no AUTH_SECRET) takes it from the query.
+    // Only the front may say who a connection is: a client's own `identity` never reaches the object.
+    url.searchParams.delete("identity");
+    // The token's name wins over `?user=`; the object takes the identity from the query.
     if (checked.fromToken && checked.name !== null) url.searchParams.set("user", checked.name);
+    if (checked.identity) url.searchParams.set("identity", encodeIdentity(checked.identity));
     return forward(env, checked.room, url, c.req.raw);
   });
 
@@ -123,10 +128,30 @@ function createFront(env: Env): Hono {
     const room = c.req.param("room");
     const roomError = roomProblem(room);
     if (roomError) return c.json({ error: roomError }, 400);
-    const auth = await authenticate(c, config.authSecret);
+    const auth = await authenticate(c, config, room);
     if ("status" in auth) return c.json({ error: auth.error }, auth.status);
     return copy(await forward(env, room, new URL(c.req.url), c.req.raw));
   });
+
+  // The server API: the key is checked here, before any object wakes; a
+  // room's calls go to its object (its hub, history and bans).
+  if (config.apiKey !== undefined) {
+    app.use("/api/*", requireApiKey(config.apiKey), apiBodyLimit());
+    app.get("/api/rooms", (c) =>
+      // No object knows every room, and a registry object every room reports
+      // to would add a write to every join and leave: not offered on Workers.
+      c.json({ error: "GET /api/rooms is not available on Workers (no object sees every room)" }, 501),
+    );
+    app.all("/api/rooms/:room/*", async (c) => {
+      const room = c.req.param("room");
+      const roomError = roomProblem(room);
+      if (roomError) return c.json({ error: roomError }, 400);
+      const body = c.req.method === "GET" || c.req.method === "HEAD" ? null : await c.req.arrayBuffer();
+      const headers = new Headers({ "content-type": c.req.header("content-type") ?? "application/json" });
+      const request = new Request(c.req.url, { method: c.req.method, headers, body });
+      return copy(await roomStub(env, room).fetch(request));
+    });
+  }
 
   app.get("*", async (c) => {
     const res = await (env.ASSETS as unknown as FetchTarget).fetch(c.req.raw);
@@ -209,7 +234,8 @@ export class ChatRoom {
     this.#ctx = ctx;
     // Origin and token were checked by the Worker, which alone can reach
     // this object; the name from the token arrives as `?user=`.
-    const config: Config = { ...loadConfig(configVars(env)), authSecret: undefined, allowedOrigins: [] };
+    // AUTH_SECRET stays: token refreshes (`auth` frames) are checked here.
+    const config: Config = { ...loadConfig(configVars(env)), allowedOrigins: [] };
     const logger = loggerFor(config);
     const store = new SqliteStore(durableSqlite(ctx.storage), config.historyLimit);
     const hub = new MemoryHub(store, logger);
@@ -222,6 +248,7 @@ export class ChatRoom {
       upgradeWebSocket: this.#upgrade,
       toSocket: (ws, id) => workersSocket(ws.raw as CfWebSocket, id, () => this.#rebuilding),
       runtime: "workerd",
+      behindFront: true,
     });
     const hibernated = ctx.getWebSockets();
     if (hibernated.length > 0) {
