@@ -333,5 +333,118 @@ export function hubContract(name: string, makeHubs: MakeHubs): void {
     it("users() is empty for a room nobody is in", async () => {
       expect(await hubs[0]!.users(freshRoom())).toEqual([]);
     });
+
+    // Governance (PROTOCOL 8): server-API publish, edit, delete, kick, rooms.
+
+    /** Waits (bounded) until `socket` was closed; frames cross hubs asynchronously. */
+    async function closedWith(socket: FakeSocket): Promise<{ code: number; reason: string }> {
+      for (let i = 0; i < 300 && socket.closes.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(socket.closes.length, `${socket.id} was not closed within 3 s`).toBeGreaterThan(0);
+      return socket.closes[0]!;
+    }
+
+    it("publish from the server (null member): every member on every hub gets it, with no cid", async () => {
+      const a = await join(0, "alice");
+      const b = await join(1, "bob");
+      const seed = await join(2, null, "seed");
+      const m = await hubs[hubs.length - 1]!.publish(room, null, { user: "system", message: "from the backend" });
+      expect(m).toMatchObject({ type: "message", room, user: "system", message: "from the backend" });
+      for (const s of [a, b, seed]) {
+        const [got] = await s.socket.waitFor(isMessage);
+        expect(got).toEqual(m);
+      }
+    });
+
+    it("publish from the server into a room with nobody online is stored; ids continue after it", async () => {
+      const first = await hubs[0]!.publish(room, null, { user: "system", message: "nobody here" });
+      expect((await hubs[0]!.rooms()).some((r) => r.room === room)).toBe(false);
+      const a = await join(1, "alice");
+      const second = await hubs[1 % hubs.length]!.publish(room, a.member, { user: "alice", message: "now" });
+      expect(second.id > first.id).toBe(true);
+      // It was stored: an edit finds it.
+      expect(await hubs[0]!.edit(room, first.id, "still here")).toMatchObject({ id: first.id, message: "still here" });
+    });
+
+    it("edit: v1 members on every hub get `edited`, seed members nothing; unknown ids give null", async () => {
+      const a = await join(0, "alice");
+      const b = await join(1, "bob");
+      const seed = await join(2, "sam", "seed");
+      const m = await hubs[0]!.publish(room, a.member, { user: "alice", message: "typo" });
+      await b.socket.waitFor(isMessage);
+      const updated = await hubs[1 % hubs.length]!.edit(room, m.id, "fixed");
+      expect(updated).toMatchObject({ id: m.id, user: "alice", message: "fixed", ts: m.ts });
+      expect(typeof updated!.edited).toBe("number");
+      for (const s of [a, b]) {
+        const [e] = await s.socket.waitFor("edited");
+        expect(e).toEqual({ type: "edited", room, id: m.id, message: "fixed", edited: updated!.edited });
+      }
+      expect(await hubs[0]!.edit(room, "0000000000001-000000", "nothing")).toBeNull();
+      // Sentinel: a later message reaches the seed member after any edited frame would have.
+      await hubs[0]!.publish(room, a.member, { user: "alice", message: "after" });
+      await seed.socket.waitFor(isMessage, 2);
+      expect(seed.socket.frames.map((f) => f.type)).toEqual(["message", "message"]);
+      expect(a.socket.ofType("edited")).toHaveLength(1);
+    });
+
+    it("delete: v1 members on every hub get `deleted`; a second delete and unknown ids give false", async () => {
+      const a = await join(0, "alice");
+      const b = await join(1, "bob");
+      const seed = await join(2, null, "seed");
+      const m = await hubs[0]!.publish(room, a.member, { user: "alice", message: "oops" });
+      await b.socket.waitFor(isMessage);
+      expect(await hubs[hubs.length - 1]!.delete(room, m.id)).toBe(true);
+      for (const s of [a, b]) {
+        const [d] = await s.socket.waitFor("deleted");
+        expect(d).toEqual({ type: "deleted", room, id: m.id });
+      }
+      expect(await hubs[0]!.delete(room, m.id)).toBe(false);
+      expect(await hubs[0]!.delete(room, "0000000000001-000000")).toBe(false);
+      await hubs[0]!.publish(room, a.member, { user: "alice", message: "after" });
+      await seed.socket.waitFor(isMessage, 2);
+      expect(seed.socket.frames.map((f) => f.type)).toEqual(["message", "message"]);
+      await b.socket.waitFor(isMessage, 2);
+      expect(b.socket.ofType("deleted")).toHaveLength(1);
+    });
+
+    it("kick closes every connection of that name on every hub, and only those; they are listed no more", async () => {
+      const a = await join(0, "alice");
+      const tabs = [await join(0, "mallory"), await join(1, "mallory"), await join(2, "mallory", "seed")];
+      const b = await join(1, "bob");
+      await a.socket.waitFor((f) => f.type === "presence" && f.joined === "bob");
+      await hubs[hubs.length - 1]!.kick(room, "mallory", 4003, "banned");
+      for (const t of tabs) expect(await closedWith(t.socket)).toEqual({ code: 4003, reason: "banned" });
+      await a.socket.waitFor((f) => f.type === "presence" && Array.isArray(f.users) && !f.users.includes("mallory"));
+      expect(a.socket.closes).toEqual([]);
+      expect(b.socket.closes).toEqual([]);
+      for (let i = 0; i < 100 && (await hubs[0]!.users(room)).includes("mallory"); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(await hubs[0]!.users(room)).toEqual(["alice", "bob"]);
+      // A kicked member gets nothing more.
+      const before = tabs[0]!.socket.sent.length;
+      await hubs[0]!.publish(room, a.member, { user: "alice", message: "after" });
+      await b.socket.waitFor(isMessage);
+      expect(tabs[0]!.socket.sent.length).toBe(before);
+    });
+
+    it("rooms() lists rooms with someone online and their connections on every hub", async () => {
+      const other = freshRoom();
+      await join(0, "alice");
+      await join(1, null);
+      await join(2, "alice");
+      await join(1, "bob", "v1", other);
+      const mine = async () => (await hubs[0]!.rooms()).filter((r) => r.room === room || r.room === other);
+      for (let i = 0; i < 100 && (await mine()).length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      const listed = await mine();
+      expect(listed.sort((x, y) => (x.room < y.room ? -1 : 1))).toEqual(
+        [
+          { room, online: 3 },
+          { room: other, online: 1 },
+        ].sort((x, y) => (x.room < y.room ? -1 : 1)),
+      );
+      for (const j of [...joined]) leave(j, j.room);
+      for (let i = 0; i < 100 && (await mine()).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await mine()).toEqual([]);
+    });
   });
 }
