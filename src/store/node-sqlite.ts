@@ -1,8 +1,8 @@
 import type { SqliteDatabase, SqliteStatement } from "./sqlite.ts";
 
 /** SqliteStore's column list, and the same with its free-text columns read as bytes. */
-const COLUMNS = "id, room, user, message, ts";
-const AS_BYTES = "id, room, CAST(user AS BLOB) AS user, CAST(message AS BLOB) AS message, ts";
+const COLUMNS = "id, room, user, message, ts, edited";
+const AS_BYTES = "id, room, CAST(user AS BLOB) AS user, CAST(message AS BLOB) AS message, ts, edited";
 
 const decoder = new TextDecoder();
 

@@ -3,7 +3,7 @@
  * way a full disk or an unreachable Redis would.
  */
 import type { ChatMessage } from "../../src/protocol.ts";
-import type { HistoryStore, ResumeResult } from "../../src/store/store.ts";
+import type { HistoryStore, PageResult, ResumeResult } from "../../src/store/store.ts";
 
 /** How appends fail: `reject` returns a rejected promise, `throw` throws synchronously. */
 export type FailMode = "none" | "reject" | "throw";
@@ -37,6 +37,29 @@ export class FailingStore implements HistoryStore {
   }
   lastId(room: string): Promise<string | null> {
     return this.#read(() => this.inner.lastId(room));
+  }
+  after(room: string, after: string, limit: number): Promise<PageResult> {
+    return this.#read(() => this.inner.after(room, after, limit));
+  }
+  get(room: string, id: string): Promise<ChatMessage | null> {
+    return this.#read(() => this.inner.get(room, id));
+  }
+  bannedUntil(room: string, user: string, now: number): Promise<number | null> {
+    return this.#read(() => this.inner.bannedUntil(room, user, now));
+  }
+  // Writes other than append fail with the reads: a store that cannot be
+  // read is down for them too.
+  edit(room: string, id: string, message: string, edited: number): Promise<ChatMessage | null> {
+    return this.#read(() => this.inner.edit(room, id, message, edited));
+  }
+  delete(room: string, id: string): Promise<boolean> {
+    return this.#read(() => this.inner.delete(room, id));
+  }
+  ban(room: string, user: string, until: number | null): Promise<void> {
+    return this.#read(() => this.inner.ban(room, user, until));
+  }
+  unban(room: string, user: string): Promise<void> {
+    return this.#read(() => this.inner.unban(room, user));
   }
   flush(): Promise<void> {
     return this.inner.flush();

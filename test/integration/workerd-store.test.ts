@@ -8,7 +8,7 @@
 import { beforeAll } from "vitest";
 import WebSocket from "ws";
 import type { ChatMessage } from "../../src/protocol.ts";
-import type { HistoryStore, ResumeResult } from "../../src/store/store.ts";
+import type { HistoryStore, PageResult, ResumeResult } from "../../src/store/store.ts";
 import { track } from "../helpers/cleanup.ts";
 import type { RunningServer } from "../helpers/server.ts";
 import { wranglerTarget } from "../helpers/workerd.ts";
@@ -49,8 +49,9 @@ class StoreLine {
     });
   }
 
-  static async open(name: string, limit: number): Promise<StoreLine> {
-    const ws = new WebSocket(`${server.wsUrl.replace("/websocket", "/store")}?name=${name}&limit=${limit}`);
+  static async open(name: string, limit: number, ttlMs: number): Promise<StoreLine> {
+    const base = server.wsUrl.replace("/websocket", "/store");
+    const ws = new WebSocket(`${base}?name=${name}&limit=${limit}&ttlMs=${ttlMs}`);
     await new Promise<void>((resolve, reject) => {
       ws.once("open", () => resolve());
       ws.once("error", reject);
@@ -87,6 +88,17 @@ function remoteStore(line: StoreLine, gen: number): HistoryStore {
     latest: (room, limit) => line.call(gen, "latest", [room, limit]) as Promise<ChatMessage[]>,
     before: (room, before, limit) => line.call(gen, "before", [room, before, limit]) as Promise<ChatMessage[]>,
     since: (room, since, limit) => line.call(gen, "since", [room, since, limit]) as Promise<ResumeResult>,
+    after: (room, after, limit) => line.call(gen, "after", [room, after, limit]) as Promise<PageResult>,
+    get: (room, id) => line.call(gen, "get", [room, id]) as Promise<ChatMessage | null>,
+    edit: (room, id, message, edited) =>
+      line.call(gen, "edit", [room, id, message, edited]) as Promise<ChatMessage | null>,
+    delete: (room, id) => line.call(gen, "delete", [room, id]) as Promise<boolean>,
+    ban: (room, user, until) => line.call(gen, "ban", [room, user, until]).then(() => {}),
+    unban: (room, user) => line.call(gen, "unban", [room, user]).then(() => {}),
+    bannedUntil: (room, user, now) =>
+      line
+        .call(gen, "bannedUntil", [room, user, now])
+        .then((v) => (v === "Infinity" ? Infinity : (v as number | null))),
     lastId: (room) => line.call(gen, "lastId", [room]) as Promise<string | null>,
     flush: () => line.call(gen, "flush").then(() => {}),
     close: () => line.call(gen, "close").then(() => {}),
@@ -97,7 +109,7 @@ let storeSeq = 0;
 
 storeContract("SqliteStore over Durable Object storage (workerd)", async (options = {}) => {
   // A fresh object per store: its own, empty storage.
-  const line = await StoreLine.open(`store-${process.pid}-${++storeSeq}`, options.limit ?? 10000);
+  const line = await StoreLine.open(`store-${process.pid}-${++storeSeq}`, options.limit ?? 10000, options.ttlMs ?? 0);
   let gen = 0;
   let current = remoteStore(line, gen);
   track(() => line.ws.close());
@@ -110,6 +122,8 @@ storeContract("SqliteStore over Durable Object storage (workerd)", async (option
       current = remoteStore(line, gen);
       return current;
     },
+    // The object cannot be handed the contract's clock function: it is set by call.
+    setNow: (ms) => line.call(gen, "now", [ms]).then(() => {}),
     cleanup: () => current.close(),
   };
 });

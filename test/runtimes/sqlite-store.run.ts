@@ -29,14 +29,14 @@ const tempPath = () => `${process.env.CHAT_TMP_DIR ?? "/tmp"}/store-${driver.rep
 
 storeContract(`SqliteStore (${driver}, temp file)`, async (options = {}) => {
   const path = tempPath();
-  let current = new SqliteStore(open(path), options.limit);
+  let current = new SqliteStore(open(path), options.limit, options);
   return {
     get store() {
       return current;
     },
     async reopen() {
       await current.close();
-      current = new SqliteStore(open(path), options.limit);
+      current = new SqliteStore(open(path), options.limit, options);
       return current;
     },
     async cleanup() {

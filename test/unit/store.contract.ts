@@ -15,6 +15,10 @@ import type { HistoryStore } from "../../src/store/store.ts";
 export interface StoreFactoryOptions {
   /** Messages kept per room (HISTORY_LIMIT). @default 10000 */
   limit?: number;
+  /** HISTORY_TTL in ms (the store's `ttlMs` option). @default 0 */
+  ttlMs?: number;
+  /** The clock the store must read (its `now` option); tests move it. @default Date.now */
+  now?: () => number;
 }
 
 /** A store under test, and how to reopen it over the same data. */
@@ -22,6 +26,11 @@ export interface StoreUnderTest {
   store: HistoryStore;
   /** Closes the store and opens a new one over the same data (file, Redis keys); absent for memory. */
   reopen?(): Promise<HistoryStore>;
+  /**
+   * For a store in another process, which cannot be handed `now`: sets its
+   * clock to `ms` (every later call reads it).
+   */
+  setNow?(ms: number): Promise<void>;
   cleanup(): Promise<void>;
 }
 
@@ -48,6 +57,11 @@ async function appendAll(store: HistoryStore, messages: ChatMessage[]): Promise<
 }
 
 const ids = (list: ChatMessage[]) => list.map((m) => m.id);
+
+/** A message at server time `ts` (ids follow ts, as the hub makes them). */
+function msgAt(room: string, ts: number, text = `t${ts}`): ChatMessage {
+  return { type: "message", id: formatMessageId(ts, 0), room, user: "alice", message: text, ts };
+}
 
 /** Registers the history store contract for one implementation. */
 export function storeContract(name: string, makeStore: MakeStore): void {
@@ -218,6 +232,161 @@ export function storeContract(name: string, makeStore: MakeStore): void {
       expect(await reopened.since(room, all[3]!.id, 100)).toEqual({ messages: all.slice(4), complete: true });
       await appendAll(reopened, [msg(room, 50)]);
       expect(await reopened.lastId(room)).toBe(msg(room, 50).id);
+    });
+
+    it("after pages forward from an id, oldest first, and says when more follow", async () => {
+      const all = range(0, 10);
+      await appendAll(store, all);
+      expect(await store.after(room, all[2]!.id, 3)).toEqual({ messages: all.slice(3, 6), more: true });
+      expect(await store.after(room, all[6]!.id, 3)).toEqual({ messages: all.slice(7), more: false });
+      expect(await store.after(room, all[9]!.id, 5)).toEqual({ messages: [], more: false });
+      // From an id the store never held, and from before the first message.
+      const between = formatMessageId(BASE + 4, 999_999);
+      expect(await store.after(room, between, 2)).toEqual({ messages: all.slice(5, 7), more: true });
+      expect(await store.after(room, formatMessageId(BASE - 1000, 0), 100)).toEqual({ messages: all, more: false });
+      // Paging to the end visits every message once.
+      const seen: ChatMessage[] = [];
+      let cursor = formatMessageId(BASE - 1, 0);
+      for (let page = 0; page < 20; page++) {
+        const r = await store.after(room, cursor, 4);
+        seen.push(...r.messages);
+        if (!r.more) break;
+        cursor = r.messages.at(-1)!.id;
+      }
+      expect(seen).toEqual(all);
+      expect(await store.after(freshRoom(), cursor, 10)).toEqual({ messages: [], more: false });
+    });
+
+    it("get returns one message of the room, or null", async () => {
+      const all = range(0, 5);
+      const other = freshRoom();
+      await appendAll(store, [...all, msg(other, 50)]);
+      expect(await store.get(room, all[3]!.id)).toEqual(all[3]);
+      expect(await store.get(room, formatMessageId(BASE + 3, 999))).toBeNull();
+      expect(await store.get(room, msg(other, 50).id)).toBeNull();
+      expect(await store.get(other, msg(other, 50).id)).toEqual(msg(other, 50));
+    });
+
+    it("edit replaces the text in every read and sets edited; unknown ids give null", async () => {
+      const all = range(0, 6);
+      await appendAll(store, all);
+      const target = all[2]!;
+      const edited = { ...target, message: "fixed typo ✓", edited: BASE + 500 };
+      expect(await store.edit(room, target.id, "fixed typo ✓", BASE + 500)).toEqual(edited);
+      const expected = all.map((m) => (m.id === target.id ? edited : m));
+      expect(await store.latest(room, 100)).toEqual(expected);
+      expect(await store.before(room, all[4]!.id, 10)).toEqual(expected.slice(0, 4));
+      expect(await store.since(room, all[0]!.id, 100)).toEqual({ messages: expected.slice(1), complete: true });
+      expect(await store.after(room, all[1]!.id, 2)).toEqual({ messages: expected.slice(2, 4), more: true });
+      expect(await store.get(room, target.id)).toEqual(edited);
+      // A second edit wins; other messages are untouched and carry no `edited`.
+      await store.edit(room, target.id, "again", BASE + 600);
+      expect(await store.get(room, target.id)).toEqual({ ...target, message: "again", edited: BASE + 600 });
+      expect(Object.hasOwn((await store.get(room, all[3]!.id))!, "edited")).toBe(false);
+      expect(await store.edit(room, formatMessageId(BASE + 2, 999), "x", BASE)).toBeNull();
+      expect(await store.edit(freshRoom(), target.id, "x", BASE)).toBeNull();
+    });
+
+    it("delete removes a message from every read; since still knows its id", async () => {
+      const all = range(0, 8);
+      await appendAll(store, all);
+      const gone = all[4]!;
+      expect(await store.delete(room, gone.id)).toBe(true);
+      expect(await store.delete(room, gone.id)).toBe(false); // already gone
+      expect(await store.delete(room, formatMessageId(BASE + 4, 999))).toBe(false);
+      const left = all.filter((m) => m.id !== gone.id);
+      expect(await store.latest(room, 100)).toEqual(left);
+      expect(await store.latest(room, 4)).toEqual(left.slice(-4)); // four live ones, not three
+      expect(await store.before(room, all[6]!.id, 3)).toEqual([all[2], all[3], all[5]]);
+      expect(await store.after(room, all[3]!.id, 2)).toEqual({ messages: [all[5], all[6]], more: true });
+      expect(await store.get(room, gone.id)).toBeNull();
+      expect(await store.edit(room, gone.id, "back?", BASE)).toBeNull();
+      // A client whose last message was deleted resumes without a false gap.
+      expect(await store.since(room, gone.id, 100)).toEqual({ messages: all.slice(5), complete: true });
+      expect(await store.since(room, all[2]!.id, 100)).toEqual({ messages: left.slice(3), complete: true });
+      // The limit counts messages, not deleted ones.
+      expect(await store.since(room, all[0]!.id, 3)).toEqual({ messages: left.slice(-3), complete: false });
+      // The newest id stays the newest even once deleted: ids keep growing after a restart.
+      expect(await store.delete(room, all[7]!.id)).toBe(true);
+      expect(await store.lastId(room)).toBe(all[7]!.id);
+      expect(await store.latest(room, 2)).toEqual([all[5], all[6]]);
+    });
+
+    it("bans: until a time or until lifted, per room and user", async () => {
+      const other = freshRoom();
+      const t = BASE + 10_000;
+      await store.ban(room, "bob", null);
+      await store.ban(room, "eve", t + 1000);
+      expect(await store.bannedUntil(room, "bob", t)).toBe(Number.POSITIVE_INFINITY);
+      expect(await store.bannedUntil(room, "eve", t)).toBe(t + 1000);
+      expect(await store.bannedUntil(room, "eve", t + 999)).toBe(t + 1000);
+      expect(await store.bannedUntil(room, "eve", t + 1000)).toBeNull(); // over at its end
+      expect(await store.bannedUntil(other, "bob", t)).toBeNull();
+      expect(await store.bannedUntil(room, "alice", t)).toBeNull();
+      // A new ban replaces the old one; unban lifts it; unban of nobody is fine.
+      await store.ban(room, "eve", null);
+      expect(await store.bannedUntil(room, "eve", t + 5000)).toBe(Number.POSITIVE_INFINITY);
+      await store.ban(room, "bob", t + 50);
+      expect(await store.bannedUntil(room, "bob", t)).toBe(t + 50);
+      await store.unban(room, "bob");
+      await store.unban(room, "nobody");
+      expect(await store.bannedUntil(room, "bob", t)).toBeNull();
+      expect(await store.bannedUntil(room, "eve", t)).toBe(Number.POSITIVE_INFINITY);
+    });
+
+    it("edits, deletes and bans survive a reopen", async (ctx) => {
+      if (!subject.reopen) return ctx.skip("this store keeps nothing across a reopen");
+      const all = range(0, 5);
+      await appendAll(store, all);
+      await store.edit(room, all[1]!.id, "edited text", BASE + 99);
+      await store.delete(room, all[3]!.id);
+      await store.ban(room, "mallory", null);
+      await store.ban(room, "trudy", BASE + 20_000);
+      const reopened = await subject.reopen();
+      expect(await reopened.latest(room, 100)).toEqual([
+        all[0],
+        { ...all[1]!, message: "edited text", edited: BASE + 99 },
+        all[2],
+        all[4],
+      ]);
+      expect(await reopened.since(room, all[3]!.id, 10)).toEqual({ messages: [all[4]], complete: true });
+      expect(await reopened.bannedUntil(room, "mallory", BASE)).toBe(Number.POSITIVE_INFINITY);
+      expect(await reopened.bannedUntil(room, "trudy", BASE)).toBe(BASE + 20_000);
+    });
+
+    it("HISTORY_TTL: messages older than the TTL leave every read", async () => {
+      const ttlMs = 60_000;
+      let clock = BASE;
+      const timed = await makeStore({ ttlMs, now: () => clock });
+      extra.push(timed);
+      const setNow = async (ms: number) => {
+        clock = ms;
+        await timed.setNow?.(ms);
+      };
+      await setNow(BASE);
+      const t = timed.store;
+      const old = [msgAt(room, BASE - 50_000), msgAt(room, BASE - 40_000)];
+      const fresh = [msgAt(room, BASE - 1000), msgAt(room, BASE)];
+      await appendAll(t, [...old, ...fresh]);
+      expect(await t.latest(room, 10)).toEqual([...old, ...fresh]);
+      // 25 s later the first two are past the TTL (their ts is over 60 s old).
+      await setNow(BASE + 25_000);
+      expect(await t.latest(room, 10)).toEqual(fresh);
+      expect(await t.before(room, formatMessageId(BASE + 1, 0), 10)).toEqual(fresh);
+      expect(await t.after(room, formatMessageId(BASE - 100_000, 0), 10)).toEqual({ messages: fresh, more: false });
+      expect(await t.get(room, old[1]!.id)).toBeNull();
+      expect(await t.edit(room, old[1]!.id, "x", BASE)).toBeNull();
+      expect(await t.delete(room, old[1]!.id)).toBe(false);
+      // Resuming from an expired message is a gap; from a kept one it is not.
+      expect(await t.since(room, old[1]!.id, 10)).toEqual({ messages: fresh, complete: false });
+      expect(await t.since(room, fresh[0]!.id, 10)).toEqual({ messages: [fresh[1]], complete: true });
+      // New writes go on; once everything expired the room reads as empty.
+      const later = msgAt(room, BASE + 30_000);
+      await appendAll(t, [later]);
+      expect(await t.latest(room, 10)).toEqual([...fresh, later]);
+      await setNow(BASE + 200_000);
+      expect(await t.latest(room, 10)).toEqual([]);
+      expect(await t.since(room, later.id, 10)).toEqual({ messages: [], complete: false });
     });
 
     it("close can be called twice", async () => {

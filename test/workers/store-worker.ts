@@ -26,7 +26,24 @@ interface Env {
 export interface StoreCall {
   id: number;
   gen: number;
-  method: "append" | "latest" | "before" | "since" | "lastId" | "flush" | "close" | "reopen";
+  method:
+    | "append"
+    | "latest"
+    | "before"
+    | "since"
+    | "after"
+    | "get"
+    | "edit"
+    | "delete"
+    | "ban"
+    | "unban"
+    | "bannedUntil"
+    | "lastId"
+    | "flush"
+    | "close"
+    | "reopen"
+    | "prune"
+    | "now";
   args: unknown[];
 }
 
@@ -34,14 +51,31 @@ export class StoreHost {
   readonly #ctx: DurableObjectState;
   /** Store instances by generation, all over this object's storage. */
   readonly #stores = new Map<number, SqliteStore>();
+  #open: () => SqliteStore = () => {
+    throw new Error("not connected");
+  };
+  #setClock: (ms: number | null) => void = () => {};
 
   constructor(ctx: DurableObjectState) {
     this.#ctx = ctx;
   }
 
   fetch(request: Request): Response {
-    const limit = Number(new URL(request.url).searchParams.get("limit") ?? "10000");
-    this.#stores.set(0, new SqliteStore(durableSqlite(this.#ctx.storage), limit));
+    const params = new URL(request.url).searchParams;
+    const limit = Number(params.get("limit") ?? "10000");
+    const ttlMs = Number(params.get("ttlMs") ?? "0");
+    // The contract's fake clock: `now` calls set it (JSON cannot carry a function).
+    let clock: number | null = null;
+    this.#open = () =>
+      new SqliteStore(durableSqlite(this.#ctx.storage), limit, {
+        ttlMs,
+        now: () => clock ?? Date.now(),
+        pruneTimer: false,
+      });
+    this.#setClock = (ms) => {
+      clock = ms;
+    };
+    this.#stores.set(0, this.#open());
     const { WebSocketPair } = globalThis as unknown as { WebSocketPair: typeof CfWebSocketPair };
     const pair = new WebSocketPair();
     const socket = pair[1];
@@ -50,7 +84,7 @@ export class StoreHost {
       const call = JSON.parse(String(event.data)) as StoreCall;
       let result: Promise<unknown>;
       try {
-        result = Promise.resolve(this.#call(call, limit));
+        result = Promise.resolve(this.#call(call));
       } catch (error) {
         result = Promise.reject(error);
       }
@@ -62,10 +96,11 @@ export class StoreHost {
     return new Response(null, { status: 101, webSocket: pair[0] } as ResponseInit);
   }
 
-  #call(call: StoreCall, limit: number): unknown {
+  #call(call: StoreCall): unknown {
+    if (call.method === "now") return this.#setClock(call.args[0] as number | null);
     const store = this.#stores.get(call.gen);
     if (!store) throw new Error(`no store generation ${call.gen}`);
-    const [a, b, c] = call.args;
+    const [a, b, c, d] = call.args;
     switch (call.method) {
       case "append":
         return store.append(a as ChatMessage);
@@ -75,6 +110,23 @@ export class StoreHost {
         return store.before(a as string, b as string, c as number);
       case "since":
         return store.since(a as string, b as string, c as number);
+      case "after":
+        return store.after(a as string, b as string, c as number);
+      case "get":
+        return store.get(a as string, b as string);
+      case "edit":
+        return store.edit(a as string, b as string, c as string, d as number);
+      case "delete":
+        return store.delete(a as string, b as string);
+      case "ban":
+        return store.ban(a as string, b as string, c as number | null);
+      case "unban":
+        return store.unban(a as string, b as string);
+      case "bannedUntil":
+        // JSON has no Infinity: a ban until lifted travels as the string.
+        return store.bannedUntil(a as string, b as string, c as number).then((v) => (v === Infinity ? "Infinity" : v));
+      case "prune":
+        return store.prune();
       case "lastId":
         return store.lastId(a as string);
       case "flush":
@@ -84,7 +136,7 @@ export class StoreHost {
       case "reopen":
         return store.close().then(() => {
           const gen = call.gen + 1;
-          this.#stores.set(gen, new SqliteStore(durableSqlite(this.#ctx.storage), limit));
+          this.#stores.set(gen, this.#open());
           return gen;
         });
     }
