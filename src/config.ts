@@ -143,7 +143,40 @@ const schema = z.object({
   WEBHOOK_SECRET: z.optional(z.string().check(z.minLength(16, "must be at least 16 characters"))),
   /** Longest wait for the webhook receiver's answer before the attempt counts as failed. @default 5000 */
   WEBHOOK_TIMEOUT_MS: z._default(int(100, 60000), 5000),
+  /** Messages older than this are pruned by every store: `30d`, `12h`, `90m`, `45s`; `0` off. @default unset (off) */
+  HISTORY_TTL: z._default(
+    z.pipe(
+      z.string(),
+      z.transform((value: string, ctx) => {
+        const ms = parseDuration(value);
+        if (ms !== null) return ms;
+        ctx.issues.push({ code: "custom", message: "must be a duration like 30d, 12h, 90m, 45s, or 0", input: value });
+        return z.NEVER;
+      }),
+    ),
+    0,
+  ),
 });
+
+const DURATION_UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+  w: 604_800_000,
+};
+
+/** `30d`, `12h`, `1.5h`, `90m`, `45s`, `500ms`, `2w` -> milliseconds; `0` -> 0; anything else -> null. */
+export function parseDuration(value: string): number | null {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$/i.exec(value);
+  if (!match) return null;
+  const n = Number(match[1]);
+  const unit = match[2]?.toLowerCase();
+  if (unit === undefined) return n === 0 ? 0 : null; // a bare number has no obvious unit
+  const ms = Math.round(n * (DURATION_UNITS[unit] as number));
+  return Number.isSafeInteger(ms) ? ms : null;
+}
 
 /** The validated configuration. */
 export interface Config {
@@ -192,6 +225,8 @@ export interface Config {
   authAudience: string | undefined;
   /** Webhooks (WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_TIMEOUT_MS); undefined when WEBHOOK_URL is unset. */
   webhook: { url: string; secret: string; timeoutMs: number } | undefined;
+  /** HISTORY_TTL in ms: every store prunes messages older than this; 0 keeps them by count only. */
+  historyTtlMs: number;
 }
 
 /** Thrown for a bad setting; the message names every bad variable. */
@@ -267,6 +302,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     webhook: e.WEBHOOK_URL
       ? { url: e.WEBHOOK_URL, secret: e.WEBHOOK_SECRET!, timeoutMs: e.WEBHOOK_TIMEOUT_MS }
       : undefined,
+    historyTtlMs: e.HISTORY_TTL,
   };
 }
 
