@@ -38,13 +38,14 @@ export async function buildServer(parts: ServerParts): Promise<Chat & { hub: Hub
     ({ store, hub } = await createRedisParts(config, logger, config.history === "redis" ? null : await localStore()));
   } else {
     store = await localStore();
-    hub = new MemoryHub(store, logger, parts.broadcaster ?? null);
+    hub = new MemoryHub(store, logger, parts.broadcaster ?? null, null, config.presenceIntervalMs);
   }
 
   async function localStore(): Promise<HistoryStore> {
-    if (config.history === "memory") return new MemoryStore(config.historyLimit);
+    const retention = { ttlMs: config.historyTtlMs };
+    if (config.history === "memory") return new MemoryStore(config.historyLimit, retention);
     if (config.historyPath !== ":memory:") parts.ensureDir(dirOf(config.historyPath));
-    return new SqliteStore(parts.openSqlite(config.historyPath), config.historyLimit);
+    return new SqliteStore(parts.openSqlite(config.historyPath), config.historyLimit, retention);
   }
 
   const chat = createChat({ ...parts, hub, store });

@@ -237,8 +237,12 @@ export class ChatRoom {
     // AUTH_SECRET stays: token refreshes (`auth` frames) are checked here.
     const config: Config = { ...loadConfig(configVars(env)), allowedOrigins: [] };
     const logger = loggerFor(config);
-    const store = new SqliteStore(durableSqlite(ctx.storage), config.historyLimit);
-    const hub = new MemoryHub(store, logger);
+    const store = new SqliteStore(durableSqlite(ctx.storage), config.historyLimit, {
+      ttlMs: config.historyTtlMs,
+      // No timer in a Durable Object (it would keep the object from hibernating): pruned on writes.
+      pruneTimer: false,
+    });
+    const hub = new MemoryHub(store, logger, null, null, config.presenceIntervalMs);
     this.#chat = createChat({
       config,
       hub,
