@@ -134,13 +134,17 @@ export async function stopServer(s: Started): Promise<void> {
   clearTimeout(timer);
 }
 
-/** Which process runs the load generator: Node (raw TCP client, the default), Bun, or Node with `ws`. */
-export type LoadgenKind = "node" | "bun";
+/**
+ * The load generator's client: `raw` (Node, plain TCP, frames parsed in
+ * place: the default, cheapest per frame), `bun` (Bun's WebSocket), `ws`
+ * (Node's ws).
+ */
+export type LoadgenKind = "raw" | "bun" | "ws";
 
 /** Runs the load generator in its own process on core 1, bounded in time. */
-export function runLoadgen(spec: LoadSpec, kind: LoadgenKind = "node"): Promise<LoadResult> {
+export function runLoadgen(spec: LoadSpec, kind: LoadgenKind = "raw"): Promise<LoadResult> {
   const command = kind === "bun" ? [BUN, "bench/loadgen.ts"] : [...NODE_TS, "bench/loadgen.ts"];
-  const child = spawnPinned([...command, JSON.stringify(spec)], 1, {});
+  const child = spawnPinned([...command, JSON.stringify({ ...spec, client: kind })], 1, {});
   let out = "";
   let err = "";
   child.stdout?.on("data", (c: Buffer) => {

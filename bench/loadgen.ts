@@ -3,9 +3,12 @@
  * them send (at R msg/s each, or as fast as a window of unacknowledged
  * messages allows), and measures what every connection receives.
  *
- * Runs under Node (with `ws`) and under Bun (its global WebSocket, which is
- * much cheaper per frame: under Node the generator saturates before Bun's
- * server does). One process, one event loop: every timestamp comes from the
+ * Three clients (`client` in the spec): `raw` (the default under Node) speaks
+ * WebSocket over plain TCP sockets and parses each frame in place in the
+ * received bytes, without a string or an event per frame, so the load
+ * generator is not the limit even against the fastest servers (its own CPU
+ * is reported beside the server's); `bun` is Bun's global WebSocket, `ws` is
+ * Node's `ws`. One process, one event loop: every timestamp comes from the
  * same clock, so latency is receive time minus the send time in the payload.
  *
  * Usage: `node --import tsx bench/loadgen.ts '<json LoadSpec>'` or
@@ -16,6 +19,7 @@
  * the same `message` field (ours, seed mode), so one parser reads both.
  */
 import { readFileSync } from "node:fs";
+import * as net from "node:net";
 
 /** What to run. Every phase is bounded in time. */
 export interface LoadSpec {
@@ -45,6 +49,14 @@ export interface LoadSpec {
   serverPid?: number;
   /** Extra characters in each message, to model longer chat lines. @default 0 */
   padding?: number;
+  /** Which WebSocket client: see the file's comment. @default "raw" under Node, "bun" under Bun */
+  client?: "raw" | "ws" | "bun";
+  /**
+   * Raw client: connections are spread over this many source addresses
+   * (127.0.0.2, .3, ...), each with its own ephemeral ports, so tens of
+   * thousands of connections never run out of ports. @default 1 + clients / 10000
+   */
+  sourceAddresses?: number;
 }
 
 /** Latency percentiles in milliseconds. */
@@ -95,6 +107,15 @@ export interface LoadResult {
   serverCpuMicrosPerDelivery: number | null;
   /** Frames received that carried no bench payload (welcome, presence, errors). */
   otherFrames: number;
+  /** The client used. */
+  client: string;
+  /**
+   * Share of one core the server and the load generator used over the
+   * sending phase and drain (100 = one core busy): a load generator near
+   * 100 is the limit, not the server.
+   */
+  serverCpuPercent: number | null;
+  loadgenCpuPercent: number | null;
   /** Why the run is not trustworthy, if it is not. */
   errors: string[];
 }
@@ -209,6 +230,111 @@ function cpuMs(pid: number | undefined): number | null {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** What the raw client tells its connection. */
+interface RawHandlers {
+  opened(): void;
+  /** One text frame; its payload is b[start, end) (valid until the handler returns). */
+  frame(b: Buffer, start: number, end: number): void;
+  closed(): void;
+  failed(error: Error): void;
+}
+
+/**
+ * A minimal WebSocket client over TCP, for the bench only: it sends masked
+ * text frames (with a zero mask, which leaves the payload as is: any key is
+ * valid, and servers unmask whatever the key), answers pings, and parses the
+ * server's frames in place in the received chunk. Hand-rolled because every
+ * client library makes a string or a Buffer and an event per frame, which at
+ * millions of frames per second costs more than the servers under test.
+ */
+function openRaw(
+  url: URL,
+  localAddress: string | undefined,
+  h: RawHandlers,
+): { send(text: string): void; destroy(): void } {
+  const socket = net.connect({ host: url.hostname, port: Number(url.port), ...(localAddress ? { localAddress } : {}) });
+  socket.setNoDelay(true);
+  let upgraded = false;
+  let pending: Buffer | null = null;
+  const request =
+    `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${url.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+  socket.once("connect", () => socket.write(request));
+  const control = (opcode: number, payload: Buffer) => {
+    const head = Buffer.from([0x80 | opcode, 0x80 | payload.length, 0, 0, 0, 0]);
+    socket.write(Buffer.concat([head, payload]));
+  };
+  const parse = (b: Buffer) => {
+    let i = 0;
+    while (b.length - i >= 2) {
+      const opcode = b[i]! & 0x0f;
+      let len = b[i + 1]! & 0x7f;
+      let at = i + 2;
+      if (len === 126) {
+        if (b.length - i < 4) break;
+        len = b.readUInt16BE(i + 2);
+        at = i + 4;
+      } else if (len === 127) {
+        if (b.length - i < 10) break;
+        len = Number(b.readBigUInt64BE(i + 2));
+        at = i + 10;
+      }
+      if (b.length < at + len) break;
+      if (opcode === 1) h.frame(b, at, at + len);
+      else if (opcode === 9) control(10, b.subarray(at, at + len));
+      else if (opcode === 8) {
+        socket.end();
+        return null;
+      }
+      i = at + len;
+    }
+    return i < b.length ? Buffer.from(b.subarray(i)) : null;
+  };
+  socket.on("data", (chunk: Buffer) => {
+    let b = pending ? Buffer.concat([pending, chunk]) : chunk;
+    pending = null;
+    if (!upgraded) {
+      const end = b.indexOf("\r\n\r\n");
+      if (end < 0) {
+        pending = Buffer.from(b);
+        return;
+      }
+      if (!b.subarray(0, 16).toString("latin1").startsWith("HTTP/1.1 101")) {
+        h.failed(new Error(b.subarray(0, b.indexOf("\r\n")).toString("latin1")));
+        socket.destroy();
+        return;
+      }
+      upgraded = true;
+      h.opened();
+      b = b.subarray(end + 4);
+    }
+    pending = parse(b);
+  });
+  socket.on("error", (e) => h.failed(e));
+  socket.on("close", () => h.closed());
+  return {
+    send(text) {
+      const payload = Buffer.from(text);
+      const n = payload.length;
+      const head = n < 126 ? 6 : n < 65536 ? 8 : 14;
+      const frame = Buffer.allocUnsafe(head + n);
+      frame[0] = 0x81;
+      if (n < 126) frame[1] = 0x80 | n;
+      else if (n < 65536) {
+        frame[1] = 0x80 | 126;
+        frame.writeUInt16BE(n, 2);
+      } else {
+        frame[1] = 0x80 | 127;
+        frame.writeBigUInt64BE(BigInt(n), 2);
+      }
+      frame.fill(0, head - 4, head); // the mask key
+      payload.copy(frame, head);
+      socket.write(frame);
+    },
+    destroy: () => socket.destroy(),
+  };
+}
+
 /** Runs one load spec to completion (or its time bounds) and returns what it measured. */
 export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   const clients = spec.clients;
@@ -278,6 +404,19 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     onPayload(conn, sender, seq, sentAt);
   };
 
+  /** A text frame's payload at b[start, end), read in place. */
+  const onFrame = (conn: Conn, b: Buffer, start: number, end: number) => {
+    const at = b.indexOf(MARK_BYTES, start);
+    if (at < 0 || at + MARK_BYTES.length > end) {
+      otherFrames++;
+      return;
+    }
+    const [sender, i1] = readIntBytes(b, at + MARK_BYTES.length);
+    const [seq, i2] = readIntBytes(b, i1 + 1);
+    const [sentAt] = readIntBytes(b, i2 + 1);
+    onPayload(conn, sender, seq, sentAt);
+  };
+
   const onText = (conn: Conn, s: string) => {
     const at = s.indexOf(MARK);
     if (at < 0) {
@@ -301,7 +440,10 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     while (conn.open && conn.sent - conn.acked < window) sendOne(conn);
   };
 
-  const WS = isBun ? null : (await import("ws")).WebSocket;
+  const client = spec.client ?? (isBun ? "bun" : "raw");
+  const WS = client === "ws" ? (await import("ws")).WebSocket : null;
+  const target = new URL(spec.url);
+  const sources = Math.max(1, Math.min(250, spec.sourceAddresses ?? 1 + Math.floor(clients / 10_000)));
 
   const open = (index: number): Promise<Conn> =>
     new Promise((resolve, reject) => {
@@ -324,7 +466,19 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
         if (conn.open && !stopping) closedEarly++;
         conn.open = false;
       };
-      if (WS) {
+      if (client === "raw") {
+        const source = sources > 1 ? `127.0.0.${2 + (index % sources)}` : undefined;
+        const raw = openRaw(target, source, {
+          opened,
+          frame: (b, start, end) => onFrame(conn, b, start, end),
+          closed,
+          failed: (e) => {
+            if (!conn.open) reject(e);
+          },
+        });
+        conn.send = (t) => raw.send(t);
+        conn.close = () => raw.destroy();
+      } else if (WS) {
         const ws = new WS(spec.url, { perMessageDeflate: false });
         conn.send = (t) => ws.send(t);
         conn.close = () => ws.terminate();
@@ -380,6 +534,10 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   let sendMs = 0;
   let cpuStart: number | null = null;
   let serverCpuMs: number | null = null;
+  let ownCpuStart: NodeJS.CpuUsage | undefined;
+  let wallStart = 0;
+  let loadgenCpuPercent: number | null = null;
+  let serverCpuPercent: number | null = null;
   if (spec.scenario === "idle") {
     await sleep(spec.holdMs ?? 2000);
   } else if (senderConns.length > 0) {
@@ -393,6 +551,8 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     // The barrier message counts like any other.
     measuring = true;
     cpuStart = cpuMs(spec.serverPid);
+    ownCpuStart = process.cpuUsage();
+    wallStart = performance.now();
     const sendStart = performance.now();
     const timers: ReturnType<typeof setInterval>[] = [];
     if (rate > 0) {
@@ -422,6 +582,10 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     while (performance.now() < drainEnd && delivered < expectedAll) await sleep(10);
     const cpuEnd = cpuMs(spec.serverPid);
     if (cpuStart !== null && cpuEnd !== null) serverCpuMs = cpuEnd - cpuStart;
+    const own = process.cpuUsage(ownCpuStart);
+    const wall = performance.now() - wallStart;
+    loadgenCpuPercent = Math.round(((own.user + own.system) / 1000 / wall) * 1000) / 10;
+    if (serverCpuMs !== null) serverCpuPercent = Math.round((serverCpuMs / wall) * 1000) / 10;
   }
   const rssAfterKiB = rssKiB(spec.serverPid);
 
@@ -466,6 +630,9 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     serverCpuMicrosPerDelivery:
       serverCpuMs !== null && delivered > 0 ? Math.round((serverCpuMs * 1000 * 100) / delivered) / 100 : null,
     otherFrames,
+    client,
+    serverCpuPercent,
+    loadgenCpuPercent,
     errors,
   };
 }

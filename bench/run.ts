@@ -46,6 +46,7 @@ import type { LoadResult, LoadSpec } from "./loadgen.ts";
  */
 const SCENARIOS: Record<string, () => Promise<ScenarioModule>> = {
   // hostile: () => import("./hostile.ts"),
+  workers: () => import("./workers.ts"),
 };
 
 /** A server the bench can start. `kind` says which baselines its ratios use. */
@@ -60,9 +61,15 @@ interface Target {
   cwd?: string;
   /** WebSocket path and query. */
   path: string;
+  /** Left out unless `--targets` names it. */
+  onlyWhenNamed?: boolean;
 }
 
 const OURS_PATH = "/websocket?room=bench";
+
+const NODE_SERVER = "ws corked";
+const BUN_SERVER = "Bun.serve publish";
+const DENO_SERVER = "Deno.serve loop";
 
 const TARGETS: Target[] = [
   {
@@ -75,8 +82,16 @@ const TARGETS: Target[] = [
   {
     name: "ws pre-framed",
     runtime: "node",
-    role: "ceiling",
+    role: "floor",
     command: [...NODE_TS, "bench/servers/ws-preframed.ts"],
+    path: "/",
+    onlyWhenNamed: true,
+  },
+  {
+    name: NODE_SERVER,
+    runtime: "node",
+    role: "ceiling",
+    command: [...NODE_TS, "bench/servers/ws-corked.ts"],
     path: "/",
   },
   { name: "ours node sqlite", runtime: "node", role: "ours", command: [...NODE_TS, "src/index.ts"], path: OURS_PATH },
@@ -89,7 +104,7 @@ const TARGETS: Target[] = [
     path: OURS_PATH,
   },
   {
-    name: "Bun.serve publish",
+    name: BUN_SERVER,
     runtime: "bun",
     role: "ceiling",
     command: [BUN, "bench/servers/bun-publish.ts"],
@@ -105,10 +120,32 @@ const TARGETS: Target[] = [
     path: OURS_PATH,
   },
   {
+    name: DENO_SERVER,
+    runtime: "deno",
+    role: "ceiling",
+    command: [DENO, "run", "-A", "bench/servers/deno-plain.ts"],
+    path: "/",
+  },
+  {
+    name: "ws corked on deno",
+    runtime: "deno",
+    role: "floor",
+    command: [DENO, "run", "-A", "bench/servers/ws-corked.ts"],
+    path: "/",
+  },
+  {
     name: "ours deno sqlite",
     runtime: "deno",
     role: "ours",
     command: [DENO, "run", "-A", "src/index.ts"],
+    path: OURS_PATH,
+  },
+  {
+    name: "ours deno-node sqlite",
+    runtime: "deno",
+    role: "ours",
+    command: [DENO, "run", "-A", "src/index.ts"],
+    env: { DENO_SERVER: "node" },
     path: OURS_PATH,
   },
 ];
@@ -135,11 +172,11 @@ function parseArgs(argv: string[]): Options {
     runs: 3,
     targets: null,
     scenarios: ["fanout", "saturation", "idle"],
-    loadgen: "bun",
+    loadgen: "raw",
     out: join(ROOT, "bench/results"),
     fanoutMs: 8000,
     saturationMs: 5000,
-    idleClients: 10_000,
+    idleClients: 19_000,
     compare: null,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -153,8 +190,11 @@ function parseArgs(argv: string[]): Options {
     else if (a === "--runs") o.runs = Number(v());
     else if (a === "--targets") o.targets = v().split(",");
     else if (a === "--scenarios") o.scenarios = v().split(",") as Scenario[];
-    else if (a === "--loadgen") o.loadgen = v() === "node" ? "node" : "bun";
-    else if (a === "--out") o.out = resolve(v());
+    else if (a === "--loadgen") {
+      const kind = v();
+      if (kind !== "raw" && kind !== "bun" && kind !== "ws") throw new Error("--loadgen takes raw, bun or ws");
+      o.loadgen = kind;
+    } else if (a === "--out") o.out = resolve(v());
     else if (a === "--fanout-ms") o.fanoutMs = Number(v());
     else if (a === "--saturation-ms") o.saturationMs = Number(v());
     else if (a === "--idle-clients") o.idleClients = Number(v());
@@ -219,6 +259,8 @@ interface Summary {
   rssPerConnKiB: number;
   rssAfterKiB: number;
   cpuMicrosPerDelivery: number;
+  serverCpuPercent: number | null;
+  loadgenCpuPercent: number | null;
 }
 
 function summarize(rows: Row[], target: string, scenario: Scenario): Summary {
@@ -251,84 +293,100 @@ function summarize(rows: Row[], target: string, scenario: Scenario): Summary {
     rssPerConnKiB: med((r) => r.rssPerConnKiB),
     rssAfterKiB: med((r) => r.rssAfterKiB),
     cpuMicrosPerDelivery: med((r) => r.serverCpuMicrosPerDelivery),
+    serverCpuPercent: med((r) => r.serverCpuPercent),
+    loadgenCpuPercent: med((r) => r.loadgenCpuPercent),
   };
 }
 
-/** The baselines a row of ours is compared with: its runtime's, the Node floor for Deno. */
-function baselinesOf(t: Target): { floor?: string; ceiling?: string } {
-  if (t.runtime === "node") return { floor: "ws plain loop", ceiling: "ws pre-framed" };
-  if (t.runtime === "bun") return { ceiling: "Bun.serve publish" };
-  return { floor: "ws plain loop" };
+/** The runtime's own best plain server: what a row is compared with. */
+function ceilingOf(t: Target): string {
+  if (t.runtime === "node") return NODE_SERVER;
+  if (t.runtime === "bun") return BUN_SERVER;
+  return DENO_SERVER;
 }
 
-function table(summaries: Summary[], targets: Target[], scenarios: Scenario[], o: Options): string {
-  const get = (name: string | undefined, s: Scenario) =>
-    name === undefined ? undefined : summaries.find((x) => x.target === name && x.scenario === s && x.runs > 0);
+/**
+ * The median over rounds of `f(row) / f(baseline's row)` within each round:
+ * both ran minutes apart under the same machine load, so the ratio varies
+ * less than either number.
+ */
+function roundRatio(
+  rows: Row[],
+  target: string,
+  baseline: string,
+  scenario: Scenario,
+  f: (r: LoadResult) => number | null,
+): number {
+  const ratios: number[] = [];
+  for (const r of rows) {
+    if (r.target !== target || r.scenario !== scenario || !r.result) continue;
+    const b = rows.find((x) => x.target === baseline && x.scenario === scenario && x.run === r.run)?.result;
+    const num = f(r.result);
+    const den = b ? f(b) : null;
+    if (num !== null && den !== null && den > 0 && Number.isFinite(num)) ratios.push(num / den);
+  }
+  return median(ratios);
+}
+
+const x2 = (n: number) => (Number.isFinite(n) ? `${fmt(n, 2)}x` : "");
+const pct = (n: number | null) => (n === null || !Number.isFinite(n) ? "-" : `${fmt(n)}%`);
+
+function table(summaries: Summary[], rows: Row[], targets: Target[], scenarios: Scenario[], o: Options): string {
   const out: string[] = [];
   const na = (x: Summary) => `| ${x.target} | not available: ${(x.error ?? "no successful run").slice(0, 100)} |`;
+  const vs = (t: Target, s: Scenario, f: (r: LoadResult) => number | null, invert = false) => {
+    if (t.role !== "ours") return "";
+    const r = roundRatio(rows, t.name, ceilingOf(t), s, f);
+    return x2(invert ? 1 / r : r);
+  };
+  const cpu = (r: LoadResult) => r.serverCpuMicrosPerDelivery;
   for (const s of scenarios) {
-    const rows = targets.map((t) => summaries.find((x) => x.target === t.name && x.scenario === s)!);
-    if (s === "fanout") {
-      const f = specFor(s, o);
-      out.push(`### Fan-out (${f.clients} clients, ${f.senders} senders x ${f.rate} msg/s for ${f.durationMs} ms)`, "");
-      out.push(
-        "| server | deliveries/s | lost / dup / reordered | p50 ms | p90 ms | p99 ms | max ms | p99 vs floor | server CPU µs/delivery |",
-      );
-      out.push("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-      for (const [i, x] of rows.entries()) {
-        if (x.runs === 0) {
-          out.push(na(x));
-          continue;
-        }
-        const floor = get(baselinesOf(targets[i]!).floor, s);
-        const vs = targets[i]!.role === "ours" ? ratio(x.p99, floor?.p99) : "";
-        out.push(
-          `| ${x.target} | ${fmt(x.deliveriesPerSec)} | ${x.lost} / ${x.duplicates} / ${x.reordered}${x.closedEarly ? ` (${x.closedEarly} closed)` : ""} | ${fmt(x.p50, 2)} | ${fmt(x.p90, 2)} | ${fmt(x.p99, 2)} | ${fmt(x.max, 1)} | ${vs} | ${fmt(x.cpuMicrosPerDelivery, 2)} |`,
-        );
-      }
-    } else if (s === "saturation") {
+    const list = targets.map((t) => [t, summaries.find((x) => x.target === t.name && x.scenario === s)!] as const);
+    if (s === "fanout" || s === "saturation") {
       const f = specFor(s, o);
       out.push(
-        `### Saturation (${f.clients} clients, ${f.senders} senders, window ${f.window}, ${f.durationMs} ms)`,
+        s === "fanout"
+          ? `### Fan-out (${f.clients} clients, ${f.senders} senders x ${f.rate} msg/s for ${f.durationMs} ms)`
+          : `### Saturation (${f.clients} clients, ${f.senders} senders, window ${f.window}, ${f.durationMs} ms)`,
         "",
       );
       out.push(
-        "| server | deliveries/s (median) | min - max | vs floor | vs ceiling | lost / dup / reordered | p99 ms | server CPU µs/delivery |",
+        "| server | deliveries/s (median) | min - max | vs own server | server CPU µs/delivery | vs own server by CPU | lost / dup / reordered | p50 ms | p99 ms | max ms | server CPU | load CPU |",
       );
-      out.push("| --- | ---: | --- | ---: | ---: | --- | ---: | ---: |");
-      for (const [i, x] of rows.entries()) {
+      out.push("| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+      for (const [t, x] of list) {
         if (x.runs === 0) {
           out.push(na(x));
           continue;
         }
-        const b = baselinesOf(targets[i]!);
-        const ours = targets[i]!.role === "ours";
         out.push(
-          `| ${x.target} | ${fmt(x.deliveriesPerSec)} | ${fmt(x.deliveriesMin)} - ${fmt(x.deliveriesMax)} | ${ours ? ratio(x.deliveriesPerSec, get(b.floor, s)?.deliveriesPerSec) : ""} | ${ours ? ratio(x.deliveriesPerSec, get(b.ceiling, s)?.deliveriesPerSec) : ""} | ${x.lost} / ${x.duplicates} / ${x.reordered} | ${fmt(x.p99, 1)} | ${fmt(x.cpuMicrosPerDelivery, 2)} |`,
+          `| ${x.target} | ${fmt(x.deliveriesPerSec)} | ${fmt(x.deliveriesMin)} - ${fmt(x.deliveriesMax)} | ${vs(t, s, (r) => r.deliveriesPerSec)} | ${fmt(x.cpuMicrosPerDelivery, 2)} | ${vs(t, s, cpu, true)} | ${x.lost} / ${x.duplicates} / ${x.reordered}${x.closedEarly ? ` (${x.closedEarly} closed)` : ""} | ${fmt(x.p50, 2)} | ${fmt(x.p99, 1)} | ${fmt(x.max, 1)} | ${pct(x.serverCpuPercent)} | ${pct(x.loadgenCpuPercent)} |`,
         );
       }
     } else {
       out.push(`### Idle connections (${specFor(s, o).clients})`, "");
       out.push(
-        "| server | connected | closed while held | connect all (ms) | handshake p99 ms | RSS at end (MiB) | RSS per connection (KiB) |",
+        "| server | connected | closed while held | connect all (ms) | vs own server | handshake p99 ms | RSS at end (MiB) | RSS per connection (KiB) | vs own server |",
       );
-      out.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-      for (const x of rows) {
+      out.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+      for (const [t, x] of list) {
         if (x.runs === 0) {
           out.push(na(x));
           continue;
         }
         out.push(
-          `| ${x.target} | ${fmt(x.connected)} | ${x.closedEarly} | ${fmt(x.connectMs)} | ${fmt(x.connectP99, 1)} | ${fmt(x.rssAfterKiB / 1024, 1)} | ${fmt(x.rssPerConnKiB, 2)} |`,
+          `| ${x.target} | ${fmt(x.connected)} | ${x.closedEarly} | ${fmt(x.connectMs)} | ${vs(t, s, (r) => r.connectMs)} | ${fmt(x.connectP99, 1)} | ${fmt(x.rssAfterKiB / 1024, 1)} | ${fmt(x.rssPerConnKiB, 2)} | ${vs(t, s, (r) => r.rssPerConnKiB)} |`,
         );
       }
     }
     out.push("");
   }
+  out.push(
+    '"vs own server": the median over rounds of ours / the runtime\'s own best plain server in the same round (Node: ws corked, Bun: Bun.serve publish, Deno: Deno.serve loop); by CPU it is their CPU per delivery / ours (above 1: ours spends less). Server and load CPU: share of one core over sending and drain.',
+  );
   return out.join("\n");
 }
 
-/** `npm run bench -- <name> ...`: runs a registered scenario module and saves its report. */
 async function runNamed(name: string, argv: string[]): Promise<void> {
   const load = SCENARIOS[name];
   if (!load) {
@@ -384,7 +442,9 @@ async function main(): Promise<void> {
       all.push({ ...t, name: `${t.name} (compare)`, cwd: o.compare });
     }
   }
-  const targets = o.targets ? all.filter((t) => o.targets?.some((n) => t.name.startsWith(n))) : all;
+  const targets = o.targets
+    ? all.filter((t) => o.targets?.some((n) => t.name.startsWith(n)))
+    : all.filter((t) => !t.onlyWhenNamed);
   if (targets.length === 0) throw new Error(`no target matches; known: ${TARGETS.map((t) => t.name).join(", ")}`);
   const before = machine();
   const started = new Date().toISOString();
@@ -429,7 +489,7 @@ async function main(): Promise<void> {
     }
   }
   const summaries = o.scenarios.flatMap((s) => targets.map((t) => summarize(rows, t.name, s)));
-  const markdown = table(summaries, targets, o.scenarios, o);
+  const markdown = table(summaries, rows, targets, o.scenarios, o);
   const report = {
     started,
     finished: new Date().toISOString(),

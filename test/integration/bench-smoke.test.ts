@@ -102,50 +102,55 @@ describe("bench smoke (npm run bench -- --quick)", () => {
     }
   });
 
-  it("the load generator also runs under Node (ws), and counts loss, duplicates and reordering", async () => {
-    // A broadcast server that drops the 3rd frame of each sender, repeats the
-    // 5th and swaps the 7th and 8th: the counts must show exactly that.
-    const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
-    track(() => new Promise<void>((r) => wss.close(() => r())));
-    await new Promise<void>((r) => wss.once("listening", () => r()));
-    const address = wss.address();
-    const port = typeof address === "object" && address !== null ? address.port : 0;
-    const perSender = new Map<string, number>();
-    let heldBack: string | null = null;
-    const broadcast = (text: string) => {
-      for (const c of wss.clients) if (c.readyState === WebSocket.OPEN) c.send(text);
-    };
-    wss.on("connection", (ws) => {
-      ws.on("message", (data: Buffer) => {
-        const text = data.toString();
-        const sender = /~(\d+)~/.exec(text)?.[1] ?? "";
-        const n = (perSender.get(sender) ?? 0) + 1;
-        perSender.set(sender, n);
-        if (n === 3) return;
-        if (n === 7) {
-          heldBack = text;
-          return;
-        }
-        broadcast(text);
-        if (n === 5) broadcast(text);
-        if (n === 8 && heldBack !== null) broadcast(heldBack);
+  it.each(["raw", "ws"] as const)(
+    "the load generator's %s client counts loss, duplicates and reordering",
+    async (client) => {
+      // A broadcast server that drops the 3rd frame of each sender, repeats the
+      // 5th and swaps the 7th and 8th: the counts must show exactly that.
+      const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+      track(() => new Promise<void>((r) => wss.close(() => r())));
+      await new Promise<void>((r) => wss.once("listening", () => r()));
+      const address = wss.address();
+      const port = typeof address === "object" && address !== null ? address.port : 0;
+      const perSender = new Map<string, number>();
+      let heldBack: string | null = null;
+      const broadcast = (text: string) => {
+        for (const c of wss.clients) if (c.readyState === WebSocket.OPEN) c.send(text);
+      };
+      wss.on("connection", (ws) => {
+        ws.on("message", (data: Buffer) => {
+          const text = data.toString();
+          const sender = /~(\d+)~/.exec(text)?.[1] ?? "";
+          const n = (perSender.get(sender) ?? 0) + 1;
+          perSender.set(sender, n);
+          if (n === 3) return;
+          if (n === 7) {
+            heldBack = text;
+            return;
+          }
+          broadcast(text);
+          if (n === 5) broadcast(text);
+          if (n === 8 && heldBack !== null) broadcast(heldBack);
+        });
       });
-    });
-    const result = await runLoad({
-      url: `ws://127.0.0.1:${port}`,
-      scenario: "fanout",
-      clients: 4,
-      senders: 1,
-      rate: 50,
-      durationMs: 400,
-      drainMs: 500,
-    });
-    expect(result.runtime).toMatch(/^node /);
-    expect(result.connected).toBe(4);
-    expect(result.sent).toBeGreaterThanOrEqual(8);
-    expect(result.lost).toBe(4); // the 3rd, at each of 4 connections
-    expect(result.duplicates).toBe(4);
-    expect(result.reordered).toBe(4);
-    expect(result.delivered).toBe(result.expected - 4);
-  });
+      const result = await runLoad({
+        url: `ws://127.0.0.1:${port}`,
+        scenario: "fanout",
+        clients: 4,
+        senders: 1,
+        rate: 50,
+        durationMs: 400,
+        drainMs: 500,
+        client,
+      });
+      expect(result.client).toBe(client);
+      expect(result.runtime).toMatch(/^node /);
+      expect(result.connected).toBe(4);
+      expect(result.sent).toBeGreaterThanOrEqual(8);
+      expect(result.lost).toBe(4); // the 3rd, at each of 4 connections
+      expect(result.duplicates).toBe(4);
+      expect(result.reordered).toBe(4);
+      expect(result.delivered).toBe(result.expected - 4);
+    },
+  );
 });
