@@ -8,9 +8,11 @@ import { MemoryStore } from "./store/memory.ts";
 import type { SqliteDatabase } from "./store/sqlite.ts";
 import { SqliteStore } from "./store/sqlite.ts";
 import type { HistoryStore } from "./store/store.ts";
+import { startWebhooks, type Webhooks } from "./webhooks/start.ts";
 
 /** What a runtime entry (Node, Bun, Deno) brings; the rest is chosen from the config. */
-export interface ServerParts extends Pick<AppDeps, "upgradeWebSocket" | "toSocket" | "serveStatic" | "runtime"> {
+export interface ServerParts
+  extends Pick<AppDeps, "upgradeWebSocket" | "toSocket" | "serveStatic" | "runtime" | "peerAddress"> {
   config: Config;
   logger: Logger;
   metrics: Metrics;
@@ -32,13 +34,17 @@ export async function buildServer(parts: ServerParts): Promise<Chat & { hub: Hub
   const { config, logger } = parts;
   let store: HistoryStore;
   let hub: Hub;
+  let webhooks: Webhooks | null;
   if (config.hub === "redis") {
     // Loaded only when asked for, so the default start needs no Redis client.
     const { createRedisParts } = await import("./hub/redis.ts");
-    ({ store, hub } = await createRedisParts(config, logger, config.history === "redis" ? null : await localStore()));
+    const local = config.history === "redis" ? null : await localStore();
+    webhooks = await startWebhooks(config, parts);
+    ({ store, hub } = await createRedisParts(config, logger, local, webhooks?.sink ?? null, parts.broadcaster ?? null));
   } else {
     store = await localStore();
-    hub = new MemoryHub(store, logger, parts.broadcaster ?? null, null, config.presenceIntervalMs);
+    webhooks = await startWebhooks(config, parts);
+    hub = new MemoryHub(store, logger, parts.broadcaster ?? null, webhooks?.sink ?? null, config.presenceIntervalMs);
   }
 
   async function localStore(): Promise<HistoryStore> {
@@ -58,7 +64,21 @@ export async function buildServer(parts: ServerParts): Promise<Chat & { hub: Hub
     },
     "chat ready",
   );
-  return { ...chat, hub, store };
+  if (!webhooks) return { ...chat, hub, store };
+  const wh = webhooks;
+  return {
+    ...chat,
+    hub,
+    store,
+    // After the chat: the last events (members leaving) are stored, then the loop stops and the outbox is flushed.
+    async shutdown() {
+      try {
+        await chat.shutdown();
+      } finally {
+        await wh.stop();
+      }
+    },
+  };
 }
 
 /** The runtime's own ways to stop: each serves and tracks sockets its way. */
