@@ -4,7 +4,6 @@ import {
   type DeletedFrame,
   type EditedFrame,
   formatMessageId,
-  type PresenceFrame,
   parseMessageId,
   serialize,
 } from "../protocol.ts";
@@ -61,18 +60,21 @@ export class MemoryHub implements Hub {
    *   @default null: one send per member
    * @param events the webhooks' sink (PROTOCOL 8.4), told after each action
    *   took effect @default null: nothing is reported, at no cost per message
+   * @param presenceIntervalMs presence merging (PRESENCE_INTERVAL_MS, see
+   *   LocalRoom.presenceChanged); 0 sends every change at once @default 250
    */
   constructor(
     readonly store: HistoryStore,
     readonly logger: Logger,
     readonly broadcaster: Broadcaster | null = null,
     readonly events: EventSink | null = null,
+    readonly presenceIntervalMs = 250,
   ) {}
 
   #room(name: string): MemoryRoom {
     let room = this.#rooms.get(name);
     if (!room) {
-      const created = Object.assign(new LocalRoom(name, this.broadcaster), {
+      const created = Object.assign(new LocalRoom(name, this.broadcaster, this.presenceIntervalMs), {
         clock: new IdClock(),
         ready: Promise.resolve(),
         tail: Promise.resolve(),
@@ -99,9 +101,7 @@ export class MemoryHub implements Hub {
       if (this.events && room.connections(member.name) === 1) {
         this.events({ event: "member.joined", room: roomName, data: { user: member.name } });
       }
-      const users = room.users();
-      room.deliverV1(serialize({ type: "presence", users, joined: member.name } satisfies PresenceFrame));
-      return users;
+      room.presenceChanged(null, [member.name], []);
     }
     return room.users();
   }
@@ -113,7 +113,7 @@ export class MemoryHub implements Hub {
       if (this.events && room.connections(member.name) === 0) {
         this.events({ event: "member.left", room: roomName, data: { user: member.name } });
       }
-      room.deliverV1(serialize({ type: "presence", users: room.users(), left: member.name } satisfies PresenceFrame));
+      room.presenceChanged(null, [], [member.name]);
     }
     this.#dropIfEmpty(roomName, room);
   }

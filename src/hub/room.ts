@@ -1,4 +1,4 @@
-import { type ChatMessage, type EchoFrame, serialize } from "../protocol.ts";
+import { type ChatMessage, type EchoFrame, type PresenceFrame, serialize } from "../protocol.ts";
 import { type Broadcaster, type Member, SharedFrame } from "./hub.ts";
 
 /** One room's members on this instance. */
@@ -12,11 +12,25 @@ export class LocalRoom {
   readonly #waiting = new Set<Member>();
   readonly #allChannel: string;
   readonly #v1Channel: string;
+  /** Presence changes not sent yet (merged, see {@link presenceChanged}). */
+  #joined: string[] = [];
+  #left: string[] = [];
+  /** The newest full list a hub handed in with a change; null: this room's own {@link users}. */
+  #pendingUsers: string[] | null = null;
+  #presenceAt = Number.NEGATIVE_INFINITY;
+  #presenceTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The `users` of the last presence frame, to skip a merged frame that would say nothing. */
+  #lastUsers = "";
 
-  /** @param broadcaster native fan-out (Bun's topics) @default null: one send per member */
+  /**
+   * @param broadcaster native fan-out (Bun's topics) @default null: one send per member
+   * @param presenceIntervalMs at most one presence frame per this many ms
+   *   (PRESENCE_INTERVAL_MS); 0 sends every change at once @default 250
+   */
   constructor(
     readonly name: string,
     readonly broadcaster: Broadcaster | null = null,
+    readonly presenceIntervalMs = 250,
   ) {
     // ":" is not allowed in room names, so these never collide.
     this.#allChannel = `m:${name}`;
@@ -61,6 +75,70 @@ export class LocalRoom {
       kicked.push(m);
     }
     return kicked;
+  }
+
+  /**
+   * Tells the room's v1 members that names joined or left, merged so that a
+   * member gets at most one presence frame per `presenceIntervalMs` however
+   * fast people come and go (PROTOCOL 3.3 and 7). The first change after a
+   * quiet interval goes out at once; later ones wait for the interval's end
+   * and go out as one frame. A frame's `users` is exact when it is sent, and
+   * `joined` / `left` name everyone since the last frame (a string for one
+   * name, an array for several; a name that joined and left again in between
+   * is in neither).
+   *
+   * Every hub calls this for each named join and leave, instead of sending
+   * presence frames itself: the memory hub after {@link add} / {@link remove},
+   * the Redis hub for changes announced by any instance.
+   *
+   * @param users the room's full list of names after this change when the
+   *   hub keeps it elsewhere (Redis: every instance's names); the newest one
+   *   given is sent. Null: this room's own {@link users} at send time.
+   * @param joined names that joined (one connection of theirs)
+   * @param left names that left
+   */
+  presenceChanged(users: string[] | null, joined: readonly string[], left: readonly string[]): void {
+    for (const name of joined) {
+      const i = this.#left.indexOf(name);
+      if (i >= 0) this.#left.splice(i, 1);
+      else this.#joined.push(name);
+    }
+    for (const name of left) {
+      const i = this.#joined.indexOf(name);
+      if (i >= 0) this.#joined.splice(i, 1);
+      else this.#left.push(name);
+    }
+    if (users !== null) this.#pendingUsers = users;
+    if (this.#presenceTimer !== null) return; // the interval's end sends it
+    const wait = this.#presenceAt + this.presenceIntervalMs - Date.now();
+    if (wait <= 0) {
+      this.#flushPresence();
+      return;
+    }
+    this.#presenceTimer = setTimeout(() => {
+      this.#presenceTimer = null;
+      this.#flushPresence();
+    }, wait);
+    // Never what keeps a process alive (Node); other runtimes have no unref.
+    (this.#presenceTimer as { unref?: () => void }).unref?.();
+  }
+
+  #flushPresence(): void {
+    const users = this.#pendingUsers ?? this.users();
+    const joined = this.#joined;
+    const left = this.#left;
+    this.#joined = [];
+    this.#left = [];
+    this.#pendingUsers = null;
+    const list = users.join("\n");
+    if (joined.length === 0 && left.length === 0 && list === this.#lastUsers) return;
+    this.#lastUsers = list;
+    this.#presenceAt = Date.now();
+    if (this.members.size === 0) return;
+    const frame: PresenceFrame = { type: "presence", users };
+    if (joined.length > 0) frame.joined = joined.length === 1 ? joined[0]! : joined;
+    if (left.length > 0) frame.left = left.length === 1 ? left[0]! : left;
+    this.deliverV1(serialize(frame));
   }
 
   /** Names online here, sorted. */

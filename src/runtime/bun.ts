@@ -9,7 +9,7 @@
  */
 import { mkdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { serveStatic } from "hono/bun";
+import { getConnInfo, serveStatic } from "hono/bun";
 import type { SqliteDatabase } from "../store/sqlite.ts";
 import { type BunServer, topicBroadcaster, toSocket, upgradeWebSocket, websocketOptions } from "./bun-ws.ts";
 import { type Running, start } from "./start.ts";
@@ -37,6 +37,7 @@ export function main(env: Record<string, string | undefined> = process.env): Pro
       return {
         upgradeWebSocket,
         toSocket,
+        peerAddress: (c) => getConnInfo(c).remote.address,
         serveStatic: serveStatic({ root: STATIC_ROOT }),
         openSqlite: (path) => new Database(path, { create: true }),
         ensureDir: (path) => mkdirSync(path, { recursive: true }),

@@ -16,7 +16,9 @@
  * but no @hono/deno is published (npm view: 404), so hono 4's it is.
  */
 import { fileURLToPath } from "node:url";
-import { serveStatic } from "hono/deno";
+import { getConnInfo as nodeConnInfo } from "@hono/node-server/conninfo";
+import type { Context } from "hono";
+import { getConnInfo, serveStatic } from "hono/deno";
 import type { Config } from "../config.ts";
 import { nulSafeNodeSqlite } from "../store/node-sqlite.ts";
 import type { SqliteDatabase } from "../store/sqlite.ts";
@@ -54,8 +56,13 @@ export function main(env: Record<string, string | undefined> = Deno.env.toObject
       };
       return {
         ...(viaNode
-          ? { upgradeWebSocket: nodeWs.upgradeWebSocket, toSocket: nodeWs.toSocket }
+          ? {
+              upgradeWebSocket: nodeWs.upgradeWebSocket,
+              toSocket: nodeWs.toSocket,
+              peerAddress: (c: Context) => nodeConnInfo(c).remote.address,
+            }
           : {
+              peerAddress: (c: Context) => getConnInfo(c).remote.address,
               // Two missed pings: Deno's timeout is the whole window (0 turns it off).
               upgradeWebSocket: upgradeWebSocket((2 * config.heartbeatMs) / 1000),
               toSocket,

@@ -6,6 +6,7 @@
  */
 import { mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { getConnInfo } from "@hono/node-server/conninfo";
 import { serveStatic } from "@hono/node-server/serve-static";
 import Database from "better-sqlite3";
 import { serveWithWs, toSocket, upgradeWebSocket } from "./node-ws.ts";
@@ -23,6 +24,7 @@ export function main(env: Record<string, string | undefined> = process.env): Pro
     parts: async () => ({
       upgradeWebSocket,
       toSocket,
+      peerAddress: (c) => getConnInfo(c).remote.address,
       serveStatic: serveStatic({ root: STATIC_ROOT }),
       openSqlite: (path) => new Database(path),
       ensureDir: (path) => mkdirSync(path, { recursive: true }),

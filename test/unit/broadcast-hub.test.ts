@@ -45,14 +45,14 @@ class TopicTable implements Broadcaster {
 hubContract("MemoryHub + topic broadcaster", async (options = {}) => {
   const base = new MemoryStore();
   const store = options.wrapStore ? options.wrapStore(base) : base;
-  const hub = new MemoryHub(store, silentLogger, new TopicTable());
+  const hub = new MemoryHub(store, silentLogger, new TopicTable(), null, options.presenceIntervalMs);
   return { hubs: [hub], cleanup: () => hub.close() };
 });
 
 describe("MemoryHub + topic broadcaster", () => {
   async function setup() {
     const topics = new TopicTable();
-    const hub = new MemoryHub(new MemoryStore(), silentLogger, topics);
+    const hub = new MemoryHub(new MemoryStore(), silentLogger, topics, null, 0);
     const join = async (name: string | null, mode: "v1" | "seed" = "v1", release = true) => {
       const socket = new FakeSocket();
       const member = new Member(socket, name, mode, 1000);

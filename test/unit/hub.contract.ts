@@ -21,6 +21,12 @@ export interface HubFactoryOptions {
    * can make it fail. Factories must apply it when given.
    */
   wrapStore?: (store: HistoryStore) => HistoryStore;
+  /**
+   * The presence merge interval (PRESENCE_INTERVAL_MS) the hubs use.
+   * Factories must apply it; the contract passes 0 (every change at once)
+   * except in the merging cases at the end.
+   */
+  presenceIntervalMs?: number;
 }
 
 /** Builds one or more hubs serving the same rooms; `cleanup` closes them. */
@@ -47,7 +53,7 @@ export function hubContract(name: string, makeHubs: MakeHubs): void {
     let room: string;
 
     beforeEach(async () => {
-      ({ hubs, cleanup } = await makeHubs());
+      ({ hubs, cleanup } = await makeHubs({ presenceIntervalMs: 0 }));
       expect(hubs.length).toBeGreaterThan(0);
       joined = [];
       room = freshRoom();
@@ -286,6 +292,7 @@ export function hubContract(name: string, makeHubs: MakeHubs): void {
         await cleanup();
         const stores: FailingStore[] = [];
         ({ hubs, cleanup } = await makeHubs({
+          presenceIntervalMs: 0,
           wrapStore: (s) => {
             const f = new FailingStore(s);
             stores.push(f);
@@ -445,6 +452,66 @@ export function hubContract(name: string, makeHubs: MakeHubs): void {
       for (const j of [...joined]) leave(j, j.room);
       for (let i = 0; i < 100 && (await mine()).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(await mine()).toEqual([]);
+    });
+
+    // Presence merging (PROTOCOL 3.3 and 7): a member gets at most one
+    // presence frame per PRESENCE_INTERVAL_MS however fast others come and go.
+
+    /** Presence frames of a socket, with `joined` / `left` as arrays. */
+    const presence = (s: FakeSocket) =>
+      s.ofType("presence").map((f) => ({
+        users: f.users as string[],
+        joined: f.joined === undefined ? [] : ([] as string[]).concat(f.joined as string | string[]),
+        left: f.left === undefined ? [] : ([] as string[]).concat(f.left as string | string[]),
+      }));
+
+    it("presence under churn: at most one frame per interval, users exact, joined and left merged", async () => {
+      await cleanup();
+      const interval = 200;
+      ({ hubs, cleanup } = await makeHubs({ presenceIntervalMs: interval }));
+      const watcher = await join(0, "watcher");
+      const t0 = Date.now();
+      const churn = [];
+      for (let i = 0; i < 30; i++) churn.push(await join(i, `p${i}`));
+      for (const c of churn.slice(10)) leave(c);
+      const stayed = ["watcher", ...churn.slice(0, 10).map((c) => c.member.name!)].sort();
+      // The last frame comes once the changes have settled; its list is the room's, exactly.
+      const [last] = await watcher.socket.waitFor(
+        (f) => f.type === "presence" && [...(f.users as string[])].sort().join() === stayed.join(),
+        1,
+        10_000,
+      );
+      const elapsed = Date.now() - t0;
+      const frames = presence(watcher.socket);
+      // 61 changes (its own join, 30 joins, 20 leaves): one frame each without merging.
+      expect(frames.length).toBeLessThanOrEqual(2 + Math.ceil(elapsed / interval));
+      expect(frames.length).toBeLessThan(61);
+      expect(frames.at(-1)!.users).toEqual(last!.users as string[]);
+      const joined = new Set(frames.flatMap((f) => f.joined));
+      for (const name of stayed) expect(joined.has(name), name).toBe(true);
+      // Someone who left was announced as gone, unless their join was never sent either.
+      const left = new Set(frames.flatMap((f) => f.left));
+      for (const c of churn.slice(10)) expect(left.has(c.member.name!) || !joined.has(c.member.name!)).toBe(true);
+      expect(
+        frames.some((f) => f.joined.length > 1 || f.left.length > 1),
+        "some frame merged several names",
+      ).toBe(true);
+    });
+
+    it("presence: the first change after a quiet interval goes out at once, the next waits for the interval", async () => {
+      await cleanup();
+      // Long enough that "later" cannot pass during the test.
+      ({ hubs, cleanup } = await makeHubs({ presenceIntervalMs: 60_000 }));
+      const a = await join(0, "alice");
+      // The room was quiet: alice's own join is announced at once.
+      await a.socket.waitFor((f) => f.type === "presence" && f.joined === "alice");
+      await join(1, "bob");
+      await join(2, "carol");
+      expect([...(await hubs[0]!.users(room))].sort()).toEqual(["alice", "bob", "carol"]);
+      // A message sent after they joined arrives; their presence is held for the interval.
+      await hubs[0]!.publish(room, a.member, { user: "alice", message: "sentinel" });
+      await a.socket.waitFor((f) => f.type === "message" && f.message === "sentinel");
+      expect(presence(a.socket).map((f) => f.joined)).toEqual([["alice"]]);
     });
   });
 }

@@ -10,7 +10,7 @@ import { hubContract } from "./hub.contract.ts";
 hubContract("MemoryHub", async (options = {}) => {
   const base = new MemoryStore();
   const store = options.wrapStore ? options.wrapStore(base) : base;
-  const hub = new MemoryHub(store, silentLogger);
+  const hub = new MemoryHub(store, silentLogger, null, null, options.presenceIntervalMs);
   return { hubs: [hub], cleanup: () => hub.close() };
 });
 
