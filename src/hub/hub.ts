@@ -39,11 +39,17 @@ interface Held {
 /**
  * A connection as the hub sees it: where frames go, under which name and
  * mode. Frames are held back while the session prepares its welcome (which
- * must be the first frame) and released after it, minus what the welcome's
- * history already holds.
+ * must be the first frame) and sends its history pages (src/paging.ts), and
+ * released after them, minus what that history already held. Held frames
+ * count against `maxBuffered` like queued ones: a member that stays held
+ * (its pages wait for a client that does not read) is closed with 1013.
  */
 export class Member {
   #held: Held[] | null = [];
+  /** Where {@link releaseSome} goes on from (no shifting of a long array). */
+  #heldAt = 0;
+  /** UTF-16 units held: cheap to count, and within 3x of the bytes. */
+  #heldSize = 0;
   #closing = false;
   /**
    * The newest message id this member has had (sent, or carried by its
@@ -79,8 +85,14 @@ export class Member {
     if (this.#closing) return;
     if (this.#held) {
       this.#held.push({ id, text });
+      this.#heldSize += typeof text === "string" ? text.length : text.text.length;
+      if (this.#heldSize > this.maxBuffered) this.#closeSlow();
       return;
     }
+    this.#send(text, id);
+  }
+
+  #send(text: string | SharedFrame, id: string | null): void {
     if (id !== null) {
       if (this.#lastId !== null && id <= this.#lastId) return;
       this.#lastId = id;
@@ -105,10 +117,29 @@ export class Member {
   checkBacklog(): boolean {
     if (this.#closing) return false;
     if (this.socket.bufferedAmount() <= this.maxBuffered) return true;
+    this.#closeSlow();
+    return false;
+  }
+
+  #closeSlow(): void {
     this.#closing = true;
+    // Still held (so a room keeps it out of native broadcasts) but empty.
+    if (this.#held) this.#held = [];
+    this.#heldAt = 0;
+    this.#heldSize = 0;
     this.onSlow();
     this.socket.close(CloseCode.TryAgainLater, "client is not reading fast enough");
-    return false;
+  }
+
+  /**
+   * Sends a frame ahead of the held ones: the welcome and its history pages,
+   * which come before anything the room sent meanwhile. Returns false when
+   * the member is closed or closing (then nothing was sent).
+   */
+  sendAhead(text: string): boolean {
+    if (this.#closing) return false;
+    this.socket.send(text);
+    return this.checkBacklog();
   }
 
   /**
@@ -116,11 +147,41 @@ export class Member {
    * welcome's history already carried (ids up to `coveredUpTo`).
    */
   release(first: string | null, coveredUpTo: string | null): void {
-    const held = this.#held ?? [];
+    if (first !== null) this.sendAhead(first);
+    this.cover(coveredUpTo);
+    this.releaseSome(Number.POSITIVE_INFINITY);
+  }
+
+  /** Messages up to `id` were sent already (as history): held copies of them are skipped. */
+  cover(id: string | null): void {
+    if (id !== null && (this.#lastId === null || id > this.#lastId)) this.#lastId = id;
+  }
+
+  /**
+   * Sends held frames, oldest first, until about `budget` UTF-16 units went
+   * out; returns true once none are left, and the member is live. A paged
+   * welcome releases this way, waiting for the client between steps, so a
+   * client that reads gets what was held however much it is, and one that
+   * reads slower than the room talks is closed by the held bound.
+   */
+  releaseSome(budget: number): boolean {
+    const held = this.#held;
+    if (held === null) return true;
+    let sent = 0;
+    while (this.#heldAt < held.length && sent < budget && !this.#closing) {
+      const h = held[this.#heldAt] as Held;
+      held[this.#heldAt++] = undefined as unknown as Held; // let it be collected
+      const size = typeof h.text === "string" ? h.text.length : h.text.text.length;
+      this.#heldSize -= size;
+      sent += size;
+      this.#send(h.text, h.id);
+    }
+    if (this.#closing) return false;
+    if (this.#heldAt < held.length) return false;
     this.#held = null;
-    if (first !== null) this.deliver(first);
-    if (coveredUpTo !== null) this.#lastId = coveredUpTo;
-    for (const h of held) this.deliver(h.text, h.id);
+    this.#heldAt = 0;
+    this.#heldSize = 0;
+    return true;
   }
 
   /** Stops all delivery (the connection is gone or going). */
