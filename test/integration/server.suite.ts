@@ -14,6 +14,7 @@ import { sign } from "hono/jwt";
 import { beforeAll, describe, expect, it } from "vitest";
 import { connect, expectRefused, type TestClient } from "../helpers/client.ts";
 import { type RunningServer, type ServerTarget, tempHistoryPath } from "../helpers/server.ts";
+import { governanceCases } from "./governance.cases.ts";
 
 /** What a runtime supports; everything defaults to true. */
 export interface SuiteCaps {
@@ -29,6 +30,8 @@ export interface SuiteCaps {
   slowConsumer?: boolean;
   /** A text frame of invalid UTF-8 closes with 1007 (workerd decodes it to U+FFFD before the app sees it). */
   utf8Close?: boolean;
+  /** GET /api/rooms lists every room (not on Workers: no object sees every room). */
+  apiRooms?: boolean;
 }
 
 const SUB = "chat.v1";
@@ -138,6 +141,8 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
     beforeAll(async () => {
       server = await target.start();
     });
+
+    governanceCases(target, { apiRooms: has("apiRooms"), restart: has("signals") && has("restart") });
 
     describe("routes", () => {
       it("GET / serves the page as HTML", async () => {
