@@ -1,3 +1,5 @@
+import { escapeJson } from "./escape.ts";
+
 /**
  * The logger the core speaks to: pino's call shape (`info(fields, msg)`), so
  * pino serves Node, Bun and Deno and a console logger serves Workers.
@@ -18,7 +20,7 @@ export function consoleLogger(level: Level | "silent" = "info", bindings: object
   const min = level === "silent" ? LEVELS.length : LEVELS.indexOf(level);
   const at = (l: Level) => (fields: object, msg?: string) => {
     if (LEVELS.indexOf(l) < min) return;
-    console.log(JSON.stringify({ level: l, time: Date.now(), ...bindings, ...fields, msg }));
+    console.log(escapeJson(JSON.stringify({ level: l, time: Date.now(), ...bindings, ...fields, msg })));
   };
   return {
     debug: at("debug"),

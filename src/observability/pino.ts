@@ -1,5 +1,6 @@
 import pino from "pino";
 import type { Config } from "../config.ts";
+import { escapeControl, escapeJson, hasControl } from "./escape.ts";
 import type { Logger } from "./logger.ts";
 
 const LEVEL_NAMES: Record<number, string> = {
@@ -20,17 +21,36 @@ const LEVEL_NAMES: Record<number, string> = {
 const textStream = (out: { write(s: string): unknown }) => ({
   write(line: string) {
     const { level, time, msg, pid: _pid, hostname: _host, ...rest } = JSON.parse(line) as Record<string, unknown>;
+    // Values are shown bare when that is unambiguous, else as JSON; either
+    // way no control character reaches the terminal (./escape.ts).
     const fields = Object.entries(rest)
-      .map(([k, v]) => `${k}=${typeof v === "string" && !/\s/.test(v) ? v : JSON.stringify(v)}`)
+      .map(([k, v]) => {
+        const bare = typeof v === "string" && v !== "" && !/[\s"]/.test(v) && !hasControl(v);
+        return `${k}=${bare ? v : escapeJson(JSON.stringify(v) ?? "undefined")}`;
+      })
       .join(" ");
     const when = new Date(Number(time)).toISOString();
-    out.write(`${when} ${LEVEL_NAMES[Number(level)] ?? level} ${msg ?? ""}${fields ? ` ${fields}` : ""}\n`);
+    const text = escapeControl(String(msg ?? ""));
+    out.write(`${when} ${LEVEL_NAMES[Number(level)] ?? level} ${text}${fields ? ` ${fields}` : ""}\n`);
   },
 });
 
-/** The server's logger: pino, JSON lines with LOG_FORMAT=json, readable text otherwise. */
-export function createLogger(config: Pick<Config, "logLevel" | "logFormat">): Logger {
+/** pino's JSON lines, with the control characters JSON leaves raw escaped (./escape.ts). */
+const jsonStream = (out: { write(s: string): unknown }) => ({
+  write(line: string) {
+    out.write(escapeJson(line));
+  },
+});
+
+/**
+ * The server's logger: pino, JSON lines with LOG_FORMAT=json, readable text otherwise.
+ * @param out where lines go @default process.stdout
+ */
+export function createLogger(
+  config: Pick<Config, "logLevel" | "logFormat">,
+  out: { write(s: string): unknown } = process.stdout,
+): Logger {
   const options = { level: config.logLevel, base: undefined };
-  const stdout = process.stdout;
-  return config.logFormat === "json" ? pino(options, stdout) : pino(options, textStream(stdout));
+  const stdout = out;
+  return config.logFormat === "json" ? pino(options, jsonStream(stdout)) : pino(options, textStream(stdout));
 }
