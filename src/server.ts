@@ -70,10 +70,12 @@ export async function buildServer(parts: ServerParts): Promise<Chat & { hub: Hub
     ...chat,
     hub,
     store,
-    // After the chat: the last events (members leaving) are stored, then the loop stops and the outbox is flushed.
+    // After the chat: members leave as their close handshakes end (their member.left events are
+    // stored), then the loop stops and the outbox is flushed. The wait is bounded (1 s).
     async shutdown() {
       try {
         await chat.shutdown();
+        for (let i = 0; i < 50 && chat.sessions.size > 0; i++) await new Promise((r) => setTimeout(r, 20));
       } finally {
         await wh.stop();
       }
