@@ -10,8 +10,8 @@ import { type ChatSocket, type Hub, Member } from "./hub/hub.ts";
 import { type AddressLimits, type ChargeKind, ConnectionLimits, readCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
+import { Replies } from "./paging.ts";
 import {
-  type ChatMessage,
   type ClientFrame,
   CloseCode,
   type ErrorCode,
@@ -86,6 +86,8 @@ export class Session {
   #member: Member | null = null;
   /** Moderation, refresh and expiry: only for a connection with a token. */
   #gov: ConnectionGovernance | null = null;
+  /** The welcome and `history` answers, paged (src/paging.ts); v1 only. */
+  #replies: Replies | null = null;
   /** Frames that arrived before the join finished, handled in order after. */
   #inbox: Inbound[] | null = [];
   #inboxBytes = 0;
@@ -158,7 +160,12 @@ export class Session {
       }
       if (mode === "v1") {
         const welcome = await this.#welcome(users);
-        member.release(serialize(welcome), welcome.history.at(-1)?.id ?? null);
+        this.#replies = new Replies(member, this.deps.store, room, {
+          readFailed: (error, what) => this.#log.error({ conn: this.#conn, room, err: error }, `${what} read failed`),
+          historyUnavailable: () => this.#error("unavailable", "history is unavailable, try again"),
+        });
+        // The first page now; the rest, then the held live frames, as the client reads.
+        this.#replies.welcome(welcome);
       } else {
         member.release(null, null);
       }
@@ -266,7 +273,7 @@ export class Session {
   }
 
   #handle(frame: ClientFrame, member: Member): void {
-    const { hub, store, metrics } = this.deps;
+    const { hub, metrics } = this.deps;
     const { room } = this.init;
     switch (frame.type) {
       case "ping":
@@ -285,21 +292,10 @@ export class Session {
       case "history": {
         // Charged by what it may read: `limit` 500 costs ten times `limit` 50.
         if (!this.#charge("read", readCost(frame.limit))) return;
-        const read =
-          frame.before === undefined ? store.latest(room, frame.limit) : store.before(room, frame.before, frame.limit);
-        read.then(
-          (messages: ChatMessage[]) => {
-            const reply =
-              frame.before === undefined
-                ? { type: "history" as const, messages }
-                : { type: "history" as const, messages, before: frame.before };
-            member.deliver(serialize(reply));
-          },
-          (error: unknown) => {
-            this.#log.error({ conn: this.#conn, room, err: String(error) }, "history read failed");
-            this.#error("unavailable", "history is unavailable, try again");
-          },
-        );
+        // Paged, and answered in the order asked (src/paging.ts).
+        if (!this.#replies?.history(frame.before, frame.limit)) {
+          this.#error("rate_limited", "too many history requests waiting; wait for their answers", undefined, 1000);
+        }
         return;
       }
       case "auth":

@@ -1,0 +1,297 @@
+/**
+ * Paged replies (PROTOCOL 7): a welcome, a resume or a `history` answer of
+ * any size reaches a client that reads, and costs bounded memory for one
+ * that does not.
+ *
+ * - A reply is cut into pages of about {@link PagingOptions.pageSize}. The
+ *   welcome carries the first with `more: true` when others follow; they
+ *   follow as `{"type":"history","messages":[...],"more":...}` frames (a
+ *   `history` answer's pages also carry the request's `before`), the last
+ *   with `more: false`.
+ * - Each page goes out only once the socket's `bufferedAmount` is under the
+ *   low-water mark, polled with a timer (the core knows no runtime, and no
+ *   runtime here has a "drained" event in common). On Workers
+ *   `bufferedAmount` is always 0, so pages go out in turn, one store read
+ *   apart; the runtime queues them itself.
+ * - Only a bounded read-ahead is kept per reply ({@link PagingOptions.readAhead});
+ *   the rest is read again from the store page by page (`after`), so a
+ *   client that stops reading holds at most that, plus the room's live frames
+ *   held meanwhile, which Member bounds by MAX_BUFFERED_BYTES (then 1013).
+ * - While a welcome's pages go out the member stays held: live frames wait
+ *   and follow the last page, minus the messages the pages already carried
+ *   (Member's dedupe by id). Replies of one connection go out one at a time,
+ *   in the order they were asked.
+ */
+import type { Member } from "./hub/hub.ts";
+import { type ChatMessage, type HistoryFrame, serialize, type WelcomeFrame } from "./protocol.ts";
+import type { HistoryStore } from "./store/store.ts";
+
+/** How replies are cut and paced. */
+export interface PagingOptions {
+  /** About this many UTF-16 units of messages per page (at least one message). @default 65536 */
+  pageSize?: number;
+  /** A page is sent once the socket has less than this many bytes queued. @default 65536 */
+  lowWater?: number;
+  /** Messages kept read ahead per reply, in UTF-16 units; the rest is read again later. @default 262144 */
+  readAhead?: number;
+  /** Longest wait for one page's turn before the client counts as not reading (1013). @default 60000 */
+  stallMs?: number;
+  /** Most `history` requests waiting behind the one being answered. @default 4 */
+  maxQueued?: number;
+}
+
+/** Defaults for a connection whose MAX_BUFFERED_BYTES is `maxBuffered`. */
+export function pagingFor(maxBuffered: number): Required<PagingOptions> {
+  // A page and the low-water mark together stay well under the slow-consumer
+  // bound, even when a page's UTF-8 is three times its UTF-16 length.
+  const page = Math.max(1024, Math.min(64 * 1024, Math.floor(maxBuffered / 8)));
+  return { pageSize: page, lowWater: page, readAhead: 4 * page, stallMs: 60_000, maxQueued: 4 };
+}
+
+/** A message's share of a page: its free text and the fixed fields' JSON. */
+function sizeOf(m: ChatMessage): number {
+  return m.message.length + m.user.length + m.room.length + 96;
+}
+
+/** How many of `list` (from `from`) fit in `budget` units; at least one when any are left. */
+function countFitting(list: ChatMessage[], from: number, budget: number): number {
+  let n = 0;
+  let used = 0;
+  while (from + n < list.length) {
+    used += sizeOf(list[from + n] as ChatMessage);
+    if (n > 0 && used > budget) break;
+    n++;
+  }
+  return n;
+}
+
+/**
+ * A reply's messages, oldest first, read page by page: what a first read
+ * returned (kept only up to the read-ahead), then `store.after` from where
+ * that stopped, up to and including the first read's newest id. Messages
+ * deleted meanwhile are skipped; edits show their new text.
+ */
+class PageSource {
+  #buffer: ChatMessage[];
+  #at = 0;
+  #cursor: string | null;
+  readonly #until: string | null;
+  /** False while the store may hold more up to `#until` than the buffer. */
+  #readAll: boolean;
+  /** Average message size seen, to size the next read. */
+  #avg: number;
+
+  constructor(
+    readonly store: HistoryStore,
+    readonly room: string,
+    first: ChatMessage[],
+    readonly readAhead: number,
+  ) {
+    const kept = countFitting(first, 0, readAhead);
+    this.#buffer = kept === first.length ? first : first.slice(0, kept);
+    this.#readAll = kept === first.length;
+    this.#until = first.at(-1)?.id ?? null;
+    this.#cursor = this.#buffer.at(-1)?.id ?? null;
+    let total = 0;
+    for (const m of this.#buffer) total += sizeOf(m);
+    this.#avg = this.#buffer.length > 0 ? total / this.#buffer.length : 256;
+  }
+
+  /** The newest id this reply carries (null when empty). */
+  get until(): string | null {
+    return this.#until;
+  }
+
+  /** True while messages are left to send. */
+  get more(): boolean {
+    return this.#at < this.#buffer.length || !this.#readAll;
+  }
+
+  /** The next page from what is read already (may be empty when a read is due). */
+  take(pageSize: number): ChatMessage[] {
+    const n = countFitting(this.#buffer, this.#at, pageSize);
+    const page = this.#buffer.slice(this.#at, this.#at + n);
+    this.#at += n;
+    return page;
+  }
+
+  /** The next page, reading from the store when the read-ahead is used up. */
+  async next(pageSize: number): Promise<ChatMessage[]> {
+    if (this.#at >= this.#buffer.length && !this.#readAll) await this.#refill();
+    return this.take(pageSize);
+  }
+
+  async #refill(): Promise<void> {
+    const until = this.#until as string;
+    const cursor = this.#cursor as string;
+    const count = Math.max(1, Math.min(500, Math.ceil(this.readAhead / this.#avg)));
+    const read = await this.store.after(this.room, cursor, count);
+    const list = read.messages;
+    let end = list.length;
+    while (end > 0 && (list[end - 1] as ChatMessage).id > until) end--;
+    this.#buffer = end === list.length ? list : list.slice(0, end);
+    this.#at = 0;
+    this.#readAll = !read.more || end < list.length || end === 0 || (list[end - 1] as ChatMessage).id >= until;
+    this.#cursor = this.#buffer.at(-1)?.id ?? cursor;
+    if (this.#buffer.length > 0) {
+      let total = 0;
+      for (const m of this.#buffer) total += sizeOf(m);
+      this.#avg = total / this.#buffer.length;
+    }
+  }
+}
+
+/** What the session hears from its replies. */
+export interface RepliesEvents {
+  /** A store read failed after the reply had started (logged by the session). */
+  readFailed(error: unknown, what: "welcome" | "history"): void;
+  /** The history answer failed: tell the client (an `unavailable` error). */
+  historyUnavailable(): void;
+}
+
+/**
+ * One connection's paged replies: its welcome, then each `history` answer
+ * in the order asked, one at a time.
+ */
+export class Replies {
+  readonly #opts: Required<PagingOptions>;
+  #tail: Promise<void> = Promise.resolve();
+  #queued = 0;
+
+  constructor(
+    readonly member: Member,
+    readonly store: HistoryStore,
+    readonly room: string,
+    readonly events: RepliesEvents,
+    options: PagingOptions = {},
+  ) {
+    this.#opts = { ...pagingFor(member.maxBuffered), ...options };
+  }
+
+  /**
+   * Sends the welcome (its `history` is everything the welcome read, oldest
+   * first) as its first page now, and the rest in the background; the member
+   * goes live after the last page. Returns once the welcome frame is sent.
+   */
+  welcome(welcome: WelcomeFrame): void {
+    const { member } = this;
+    const source = new PageSource(this.store, this.room, welcome.history, this.#opts.readAhead);
+    welcome.history = source.take(this.#opts.pageSize);
+    if (source.more) welcome.more = true;
+    if (!member.sendAhead(serialize(welcome))) return;
+    // The usual case, one page and little held, ends here without a timer.
+    if (!source.more) {
+      member.cover(source.until);
+      if (member.releaseSome(this.#opts.pageSize)) return;
+    }
+    this.#enqueue(() => this.#pageWelcome(source));
+  }
+
+  async #pageWelcome(source: PageSource): Promise<void> {
+    const { member } = this;
+    const { pageSize } = this.#opts;
+    while (source.more) {
+      let messages: ChatMessage[];
+      try {
+        messages = await source.next(pageSize);
+      } catch (error) {
+        this.events.readFailed(error, "welcome");
+        // The client resumes from the last id it got, with nothing lost.
+        member.socket.close(1013, "history is unavailable, try again");
+        return;
+      }
+      if (!(await this.#turn())) return;
+      const page: HistoryFrame = { type: "history", messages, more: source.more };
+      if (!member.sendAhead(serialize(page))) return;
+    }
+    member.cover(source.until);
+    // Then what the room sent meanwhile, paced the same way.
+    while (!member.releaseSome(pageSize)) {
+      if (!(await this.#turn())) return;
+    }
+  }
+
+  /**
+   * Queues a `history` answer (latest `limit`, or `limit` before `before`).
+   * Returns false, and queues nothing, when too many are waiting already.
+   */
+  history(before: string | undefined, limit: number): boolean {
+    if (this.#queued >= this.#opts.maxQueued) return false;
+    this.#queued++;
+    this.#enqueue(async () => {
+      this.#queued--;
+      await this.#pageHistory(before, limit);
+    });
+    return true;
+  }
+
+  async #pageHistory(before: string | undefined, limit: number): Promise<void> {
+    const { member, store, room } = this;
+    const frame = (messages: ChatMessage[], more: boolean): string =>
+      serialize(
+        before === undefined
+          ? ({ type: "history", messages, more } satisfies HistoryFrame)
+          : ({ type: "history", messages, before, more } satisfies HistoryFrame),
+      );
+    let source: PageSource;
+    try {
+      const first = before === undefined ? await store.latest(room, limit) : await store.before(room, before, limit);
+      source = new PageSource(store, room, first, this.#opts.readAhead);
+    } catch (error) {
+      this.events.readFailed(error, "history");
+      this.events.historyUnavailable();
+      return;
+    }
+    do {
+      let messages: ChatMessage[];
+      try {
+        messages = await source.next(this.#opts.pageSize);
+      } catch (error) {
+        this.events.readFailed(error, "history");
+        this.events.historyUnavailable();
+        // Ends the paged answer, so a client waiting for `more: false` stops.
+        member.deliver(frame([], false));
+        return;
+      }
+      if (!(await this.#turn())) return;
+      member.deliver(frame(messages, source.more));
+    } while (source.more && member.open);
+  }
+
+  #enqueue(job: () => Promise<void>): void {
+    // A job's own failures are handled inside it; this only keeps the chain going.
+    this.#tail = this.#tail.then(job).catch((error: unknown) => this.events.readFailed(error, "history"));
+  }
+
+  /**
+   * Resolves true once the socket's queue is under the low-water mark, false
+   * when the member closed first. Polled: 2 ms, doubling up to 50 ms. A
+   * client that takes nothing for `stallMs` is closed as a slow consumer.
+   */
+  #turn(): Promise<boolean> {
+    const { member } = this;
+    const { lowWater, stallMs } = this.#opts;
+    if (!member.open) return Promise.resolve(false);
+    if (member.socket.bufferedAmount() <= lowWater) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      let delay = 2;
+      let last = member.socket.bufferedAmount();
+      let stalledSince = Date.now();
+      const poll = () => {
+        if (!member.open) return resolve(false);
+        const queued = member.socket.bufferedAmount();
+        if (queued <= lowWater) return resolve(true);
+        const now = Date.now();
+        if (queued < last) stalledSince = now;
+        last = queued;
+        if (now - stalledSince >= stallMs) {
+          member.closeSlow();
+          return resolve(false);
+        }
+        delay = Math.min(delay * 2, 50);
+        setTimeout(poll, delay);
+      };
+      setTimeout(poll, delay);
+    });
+  }
+}
