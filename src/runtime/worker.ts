@@ -54,6 +54,8 @@ import { noopMetrics } from "../observability/metrics.ts";
 import { CloseCode, roomProblem, selectSubprotocol } from "../protocol.ts";
 import { durableSqlite } from "../store/durable.ts";
 import { SqliteStore } from "../store/sqlite.ts";
+import { DurableWebhooks } from "../webhooks/durable.ts";
+import type { HubEvent } from "../webhooks/events.ts";
 
 /** The bindings and variables wrangler.jsonc declares (vars are config, as env vars elsewhere). */
 export interface Env {
@@ -229,6 +231,8 @@ export class ChatRoom {
   /** Open connections, by their attachment id. */
   readonly #connections = new Map<string, Connection>();
   #rebuilding = false;
+  /** Webhook outbox and delivery (WEBHOOK_URL), driven by the object's alarm. */
+  readonly #webhooks: DurableWebhooks | null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     this.#ctx = ctx;
@@ -242,7 +246,11 @@ export class ChatRoom {
       // No timer in a Durable Object (it would keep the object from hibernating): pruned on writes.
       pruneTimer: false,
     });
-    const hub = new MemoryHub(store, logger, null, null, config.presenceIntervalMs);
+    const webhooks = config.webhook ? new DurableWebhooks(ctx.storage, config.webhook, logger) : null;
+    this.#webhooks = webhooks;
+    // A rebuild after hibernation replays the joins of people who never left: no news for the webhooks.
+    const events = webhooks ? (e: HubEvent) => void (this.#rebuilding || webhooks.sink(e)) : null;
+    const hub = new MemoryHub(store, logger, null, events, config.presenceIntervalMs);
     this.#chat = createChat({
       config,
       hub,
@@ -334,6 +342,11 @@ export class ChatRoom {
 
   fetch(request: Request): Response | Promise<Response> {
     return this.#chat.app.fetch(request);
+  }
+
+  /** The object's one alarm: webhook delivery and its retries (src/webhooks/durable.ts). */
+  async alarm(): Promise<void> {
+    await this.#webhooks?.alarm();
   }
 
   /** A frame from a (possibly hibernated) connection. */

@@ -1,0 +1,49 @@
+/**
+ * Webhooks on Workers, what only a Durable Object shows: events pending in
+ * the room object's storage when wrangler dev stops are delivered after it
+ * starts again, by the object's alarm (no request to the room needed).
+ */
+import { describe, expect, it } from "vitest";
+import { connect } from "../helpers/client.ts";
+import { tempHistoryPath } from "../helpers/server.ts";
+import { workerdTarget } from "../helpers/workerd.ts";
+import { startReceiver } from "../unit/webhooks-receiver.ts";
+
+const SECRET = "webhook-secret-0123456789";
+
+describe("webhooks on workerd", () => {
+  it("events pending in the room's object are delivered by its alarm after a restart", async () => {
+    const receiver = await startReceiver(() => 503);
+    try {
+      const historyPath = tempHistoryPath();
+      const env = { WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: SECRET };
+      const first = await workerdTarget.start(env, { historyPath });
+      const room = `whd-${process.pid}`;
+      const c = await connect(`${first.wsUrl}?room=${room}&user=dee`, { protocols: "chat.v1" });
+      await c.next();
+      for (const text of ["a", "b"]) {
+        c.send({ message: text });
+        await c.waitFor((f) => f.type === "message" && f.message === text);
+      }
+      await receiver.until(() => receiver.received.length >= 1, 20_000, "a first (refused) attempt");
+      await first.stop();
+      receiver.answer = () => 200;
+      const second = await workerdTarget.start(env, { historyPath });
+      await receiver.until(
+        () => receiver.accepted().filter((r) => r.event.event === "message.created").length === 2,
+        30_000,
+        "both messages after the restart",
+      );
+      const got = receiver.accepted().filter((r) => r.event.room === room);
+      expect(got.map((r) => [r.event.event, r.event.data.message ?? r.event.data.user])).toEqual([
+        ["member.joined", "dee"],
+        ["message.created", "a"],
+        ["message.created", "b"],
+      ]);
+      expect(got[0]!.id).toBe(receiver.received[0]!.id);
+      await second.stop();
+    } finally {
+      await receiver.close();
+    }
+  }, 90_000);
+});
