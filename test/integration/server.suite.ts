@@ -14,7 +14,9 @@ import { sign } from "hono/jwt";
 import { beforeAll, describe, expect, it } from "vitest";
 import { connect, expectRefused, type TestClient } from "../helpers/client.ts";
 import { type RunningServer, type ServerTarget, tempHistoryPath } from "../helpers/server.ts";
+import { fairUseCases } from "./abuse/fair-use.cases.ts";
 import { governanceCases } from "./governance.cases.ts";
+import { webhookCases } from "./webhooks.cases.ts";
 
 /** What a runtime supports; everything defaults to true. */
 export interface SuiteCaps {
@@ -139,10 +141,15 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
     let server: RunningServer;
 
     beforeAll(async () => {
-      server = await target.start();
+      // Every case here comes from 127.0.0.1: with the per-address bucket on,
+      // the suite's cases would spend one shared budget. The per-address
+      // limits (defaults included) are the fair-use cases', on their own servers.
+      server = await target.start({ RATE_LIMIT_IP: "0" });
     });
 
     governanceCases(target, { apiRooms: has("apiRooms"), restart: has("signals") && has("restart") });
+    webhookCases(target, { restart: has("signals") && has("restart"), configExit: has("signals") });
+    fairUseCases(target, caps);
 
     describe("routes", () => {
       it("GET / serves the page as HTML", async () => {
