@@ -15,6 +15,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { connect, expectRefused, type TestClient } from "../helpers/client.ts";
 import { type RunningServer, type ServerTarget, tempHistoryPath } from "../helpers/server.ts";
 import { fairUseCases } from "./abuse/fair-use.cases.ts";
+import { pagingCases } from "./abuse/paging.cases.ts";
 import { governanceCases } from "./governance.cases.ts";
 import { webhookCases } from "./webhooks.cases.ts";
 
@@ -34,6 +35,8 @@ export interface SuiteCaps {
   utf8Close?: boolean;
   /** GET /api/rooms lists every room (not on Workers: no object sees every room). */
   apiRooms?: boolean;
+  /** A server-initiated close completes for a client that never sent a frame (not under wrangler dev). */
+  closeSilent?: boolean;
 }
 
 const SUB = "chat.v1";
@@ -147,9 +150,14 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
       server = await target.start({ RATE_LIMIT_IP: "0" });
     });
 
-    governanceCases(target, { apiRooms: has("apiRooms"), restart: has("signals") && has("restart") });
+    governanceCases(target, {
+      apiRooms: has("apiRooms"),
+      restart: has("signals") && has("restart"),
+      closeSilent: has("closeSilent"),
+    });
     webhookCases(target, { restart: has("signals") && has("restart"), configExit: has("signals") });
     fairUseCases(target, caps);
+    pagingCases(target, caps);
 
     describe("routes", () => {
       it("GET / serves the page as HTML", async () => {
