@@ -156,6 +156,12 @@ const schema = z.object({
     ),
     0,
   ),
+  /** HUB=redis on a Redis Cluster: REDIS_URL names any node; sharded pub/sub (Redis 7). @default false */
+  REDIS_CLUSTER: z._default(flag, false),
+  /** How long a presence entry lives in Redis without a heartbeat (an instance that died leaves the lists within it). @default 6000 */
+  REDIS_PRESENCE_TTL_MS: z._default(int(300, 600_000), 6000),
+  /** Longest wait for one Redis command (and a connection) before it fails with `unavailable`. @default 2000 */
+  REDIS_COMMAND_TIMEOUT_MS: z._default(int(50, 60_000), 2000),
 });
 
 const DURATION_UNITS: Record<string, number> = {
@@ -227,6 +233,12 @@ export interface Config {
   webhook: { url: string; secret: string; timeoutMs: number } | undefined;
   /** HISTORY_TTL in ms: every store prunes messages older than this; 0 keeps them by count only. */
   historyTtlMs: number;
+  /** HUB=redis on a Redis Cluster (sharded pub/sub). */
+  redisCluster: boolean;
+  /** Presence entry lifetime without a heartbeat (heartbeats every third of it). */
+  redisPresenceTtlMs: number;
+  /** Redis command and connect timeout. */
+  redisCommandTimeoutMs: number;
 }
 
 /** Thrown for a bad setting; the message names every bad variable. */
@@ -303,6 +315,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       ? { url: e.WEBHOOK_URL, secret: e.WEBHOOK_SECRET!, timeoutMs: e.WEBHOOK_TIMEOUT_MS }
       : undefined,
     historyTtlMs: e.HISTORY_TTL,
+    redisCluster: e.REDIS_CLUSTER,
+    redisPresenceTtlMs: e.REDIS_PRESENCE_TTL_MS,
+    redisCommandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS,
   };
 }
 

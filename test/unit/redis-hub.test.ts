@@ -1,12 +1,15 @@
 import type { Redis } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
 import { Member } from "../../src/hub/hub.ts";
-import { createRedisClient, RedisHub, waitReady } from "../../src/hub/redis.ts";
+import { RedisHub } from "../../src/hub/redis.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
-import { formatMessageId } from "../../src/protocol.ts";
+import { type ChatMessage, formatMessageId } from "../../src/protocol.ts";
+import { createRedisClient, waitReady } from "../../src/redis/client.ts";
+import { type AppendPublish, type EpochCheck, RedisLog, type RedisLogOptions } from "../../src/redis/log.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
+import { FailingStore } from "../helpers/failing-store.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
 import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
 import { type HubFactoryOptions, hubContract } from "./hub.contract.ts";
@@ -16,11 +19,33 @@ afterAll(async () => {
   if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
 });
 
+/**
+ * A log whose appends fail while the contract's FailingStore says so: with
+ * HUB=redis the hub appends through the log (which also publishes), so that
+ * is where the contract's "the store fails" has to bite.
+ */
+class GatedLog extends RedisLog {
+  constructor(
+    redis: Redis,
+    options: RedisLogOptions,
+    readonly gate: FailingStore,
+  ) {
+    super(redis, options);
+  }
+
+  override append(message: ChatMessage, check?: EpochCheck, publish?: AppendPublish): Promise<boolean> {
+    if (this.gate.failAppends === "throw") throw new Error("store unavailable (test)");
+    if (this.gate.failAppends === "reject") return Promise.reject(new Error("store unavailable (test)"));
+    return super.append(message, check, publish);
+  }
+}
+
 interface Built {
   hubs: RedisHub[];
   /** Each hub's two clients: disconnecting them is an instance dying without a word. */
   clients: Redis[][];
   stores: HistoryStore[];
+  logs: RedisLog[];
   prefix: string;
   cleanup(): Promise<void>;
 }
@@ -31,23 +56,31 @@ async function makeRedisHubs(n: number, options: HubFactoryOptions & { presenceT
   prefixes.push(prefix);
   const hubs: RedisHub[] = [];
   const stores: HistoryStore[] = [];
+  const logs: RedisLog[] = [];
   const clients: Redis[][] = [];
   for (let i = 0; i < n; i++) {
     const redis = createRedisClient(REDIS_URL);
     const subscriber = createRedisClient(REDIS_URL);
     await Promise.all([waitReady(redis, 3000), waitReady(subscriber, 3000)]);
-    const base = new RedisStore(redis, { prefix, publish: true });
-    const store = options.wrapStore ? options.wrapStore(base) : base;
+    let log = new RedisLog(redis, { prefix });
+    const base = new RedisStore(redis, { log });
+    let store: HistoryStore = base;
+    if (options.wrapStore) {
+      store = options.wrapStore(base);
+      if (store instanceof FailingStore) log = new GatedLog(redis, { prefix }, store);
+    }
     stores.push(store);
+    logs.push(log);
     clients.push([redis, subscriber]);
     hubs.push(
       new RedisHub({
         redis,
         subscriber,
+        log,
         store,
         logger: silentLogger,
-        prefix,
         presenceTtlMs: options.presenceTtlMs ?? 6000,
+        presenceIntervalMs: options.presenceIntervalMs ?? 0,
       }),
     );
   }
@@ -55,6 +88,7 @@ async function makeRedisHubs(n: number, options: HubFactoryOptions & { presenceT
     hubs,
     clients,
     stores,
+    logs,
     prefix,
     cleanup: async () => {
       await Promise.all(hubs.map((h) => h.close()));
@@ -290,9 +324,8 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
     const hub = new RedisHub({
       redis,
       subscriber,
-      store: new RedisStore(redis, { prefix, publish: true }),
+      log: new RedisLog(redis, { prefix }),
       logger: silentLogger,
-      prefix,
       mirror,
     });
     try {
@@ -311,7 +344,7 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
   it("is unhealthy and rejects publishes at once while Redis does not answer", async () => {
     const redis = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 300 });
     const subscriber = createRedisClient("redis://127.0.0.1:1", { commandTimeoutMs: 300 });
-    const hub = new RedisHub({ redis, subscriber, store: new RedisStore(redis), logger: silentLogger });
+    const hub = new RedisHub({ redis, subscriber, log: new RedisLog(redis), logger: silentLogger });
     try {
       expect(hub.healthy).toBe(false);
       const m = new Member(new FakeSocket(), "a", "v1");

@@ -1,8 +1,11 @@
 import { Redis } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
-import { createRedisClient, waitReady } from "../../src/hub/redis.ts";
 import { formatMessageId } from "../../src/protocol.ts";
-import { fromStreamId, HistoryConflictError, RedisKeys, RedisStore, toStreamId } from "../../src/store/redis.ts";
+import { createRedisClient, waitReady } from "../../src/redis/client.ts";
+import { decode, encodeMessage } from "../../src/redis/codec.ts";
+import { RoomKeys } from "../../src/redis/keys.ts";
+import { fromStreamId, HistoryConflictError, RedisLog, toStreamId } from "../../src/redis/log.ts";
+import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
 import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
 import { storeContract } from "./store.contract.ts";
@@ -23,7 +26,13 @@ describe.skipIf(redisSkipReason !== null)(`RedisStore contract${skipped}`, () =>
     const open = async () => {
       const client = createRedisClient(REDIS_URL);
       await waitReady(client, 3000);
-      return new RedisStore(client, { limit: options.limit, prefix, owned: true });
+      return new RedisStore(client, {
+        limit: options.limit,
+        prefix,
+        owned: true,
+        ttlMs: options.ttlMs,
+        ...(options.now ? { now: options.now } : {}),
+      });
     };
     let current: HistoryStore = await open();
     return {
@@ -71,32 +80,42 @@ describe.skipIf(redisSkipReason !== null)(
         await expect(below).rejects.toBeInstanceOf(HistoryConflictError);
         await expect(below).rejects.toMatchObject({ top: formatMessageId(2000, 5) });
         expect((await store.latest("r", 10)).map((m) => m.message)).toEqual(["top"]);
-        const raw = await redis.xrange(new RedisKeys(prefix).stream("r"), "-", "+");
+        const raw: [string, string[]][] = await redis.xrange(new RoomKeys(prefix).stream("r"), "-", "+");
         expect(raw.map(([id]) => id)).toEqual(["2000-5"]);
       } finally {
         await store.close();
       }
     });
 
-    it("with publish, the append and the PUBLISH on the room's channel are one step", async () => {
+    it("an append and the PUBLISH of its channel message are one step; a refused one publishes nothing", async () => {
       const prefix = uniquePrefix("store");
       prefixes.push(prefix);
-      const keys = new RedisKeys(prefix);
+      const keys = new RoomKeys(prefix);
       const sub = new Redis(REDIS_URL);
       const got: string[] = [];
       sub.on("message", (_c: string, p: string) => got.push(p));
       await sub.subscribe(keys.channel("r"));
       const client = createRedisClient(REDIS_URL);
       await waitReady(client, 3000);
-      const store = new RedisStore(client, { prefix, owned: true, publish: true });
+      const log = new RedisLog(client, { prefix });
+      const channel = keys.channel("r");
+      const epoch = "abcd1234";
+      const send = (m: ReturnType<typeof msg>) =>
+        log.append(
+          m,
+          { mode: "create", epoch },
+          { command: "PUBLISH", channel, payload: encodeMessage(epoch, m, JSON.stringify(m)) },
+        );
       try {
-        await store.append(msg("r", 3000, 0, "line1\nline2"));
-        await expect(store.append(msg("r", 2999, 0))).rejects.toBeInstanceOf(HistoryConflictError);
+        const first = msg("r", 3000, 0, "line1\nline2");
+        await send(first);
+        await expect(send(msg("r", 2999, 0))).rejects.toBeInstanceOf(HistoryConflictError);
         for (let i = 0; i < 50 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
         await new Promise((r) => setTimeout(r, 50));
-        expect(got).toEqual([`m\n${formatMessageId(3000, 0)}\n3000\nu\nline1\nline2`]);
+        expect(got).toHaveLength(1);
+        expect(decode(got[0]!)).toEqual({ kind: "message", epoch, id: first.id, text: JSON.stringify(first) });
       } finally {
-        await store.close();
+        await client.quit();
         sub.disconnect();
       }
     });
@@ -106,10 +125,7 @@ describe.skipIf(redisSkipReason !== null)(
       prefixes.push(prefix);
       const clients = [createRedisClient(REDIS_URL), createRedisClient(REDIS_URL)];
       await Promise.all(clients.map((c) => waitReady(c, 3000)));
-      const [a, b] = clients.map((c) => new RedisStore(c, { prefix, owned: true, publish: true })) as [
-        RedisStore,
-        RedisStore,
-      ];
+      const [a, b] = clients.map((c) => new RedisStore(c, { prefix, owned: true })) as [RedisStore, RedisStore];
       try {
         // Another instance took 4000-0 first.
         await a.append(msg("r", 4000, 0, "theirs"));
