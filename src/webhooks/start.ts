@@ -62,7 +62,7 @@ export async function startWebhooks(config: Config, deps: WebhookDeps): Promise<
   let kind: string;
   if (config.hub === "redis") {
     // Loaded only when asked for, so the default start needs no Redis client.
-    const [{ createRedisClient }, { RedisLease, RedisOutbox, WebhookKeys }] = await Promise.all([
+    const [{ createRedisClient, waitReady }, { RedisLease, RedisOutbox, WebhookKeys }] = await Promise.all([
       import("../redis/client.ts"),
       import("./redis-outbox.ts"),
     ]);
@@ -70,6 +70,8 @@ export async function startWebhooks(config: Config, deps: WebhookDeps): Promise<
     const redis = createRedisClient(config.redisUrl, { name: `chat-webhooks-${owner.slice(0, 8)}` });
     // Errors show in the loop's log lines; an unhandled 'error' event would crash the process.
     redis.on("error", () => {});
+    // As the hub: start even when Redis does not answer yet; the loop retries every poll.
+    await waitReady(redis, 3000);
     lease = new RedisLease(redis, new WebhookKeys(config.redisPrefix), owner);
     outbox = new RedisOutbox(redis, { prefix: config.redisPrefix, owner, owned: true });
     kind = "redis";
