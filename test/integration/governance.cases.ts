@@ -19,6 +19,12 @@ export interface GovernanceCaps {
   apiRooms?: boolean;
   /** The process can be stopped and started again on the same data (bans survive restarts). */
   restart?: boolean;
+  /**
+   * A close from the server completes for a client that never sent a frame.
+   * Under wrangler dev the client sees such a close only at its own close
+   * timeout, so there the tests let those clients send one frame first.
+   */
+  closeSilent?: boolean;
 }
 
 const SUB = "chat.v1";
@@ -88,6 +94,13 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
     /** A seed-mode client with a token. */
     async function seedMember(room: string, claims: Json): Promise<TestClient> {
       return connect(`${gov.wsUrl}${q({ room, token: await token(claims) })}`);
+    }
+
+    /** Where the platform needs it (see {@link GovernanceCaps.closeSilent}), one frame from `c` and its answer. */
+    async function prime(c: TestClient, seed = false): Promise<void> {
+      if (has("closeSilent")) return;
+      c.send(seed ? "not json" : { type: "ping" });
+      await c.waitFor(seed ? "error" : "pong");
     }
 
     /** Sends a message and waits for its echo; returns the stored message. */
@@ -302,6 +315,8 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
         const { c: bystander } = await member(room, { name: "bea" });
         const { c: troll1 } = await member(room, { name: "troll" });
         const troll2 = await seedMember(room, { name: "troll" });
+        await prime(troll1);
+        await prime(troll2, true);
         mod.send({ type: "ban", user: "troll", cid: "ban-1" });
         expect(await mod.waitFor((f) => f.type === "banned")).toEqual({
           type: "banned",
@@ -530,6 +545,7 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
       it("PUT and DELETE a ban: 204; the user is closed with 4003 and refused, then let in again; bad input 400", async () => {
         const room = freshRoom();
         const { c: victim } = await member(room, { name: "vic" });
+        await prime(victim);
         const { c: other } = await member(room, { name: "oth" });
         for (const body of ['{"seconds":-1}', '{"seconds":"x"}', '{"seconds":2.5}', "[1]", "{"]) {
           expect(await api(`/rooms/${room}/bans/vic`, { method: "PUT", body }), body).toEqual({
@@ -584,11 +600,15 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
         const exp = nowS() + 2;
         const { c } = await member(room, { name: "short", exp });
         const seed = await seedMember(room, { name: "short2", exp });
+        await prime(c);
+        await prime(seed, true);
+        const seedMark = seed.received.length;
         const closed = await c.waitClosed(10_000);
         expect(closed.code).toBe(4001);
         expect(c.received.map((f) => f.json).find((f) => f?.type === "error")).toMatchObject({ code: "token_expired" });
         expect((await seed.waitClosed(10_000)).code).toBe(4001);
-        expect(seed.received.every((f) => f.json?.type === "message")).toBe(true);
+        // Seed mode has no error frame for it: just the close.
+        expect(seed.received.slice(seedMark)).toEqual([]);
       });
 
       it("refresh: auth with a fresh token is answered with its exp and keeps the connection past the old one", async () => {
