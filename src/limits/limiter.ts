@@ -32,6 +32,15 @@ export function readCost(limit: number): number {
   return Math.max(1, Math.ceil(limit / MESSAGES_PER_READ_UNIT));
 }
 
+/**
+ * Handshakes an address may make at once: twice MAX_CONNECTIONS_PER_IP (or
+ * twice RATE_LIMIT_IP when there is no cap, or it is smaller), refilled at
+ * RATE_LIMIT_IP_REFILL per second.
+ */
+export function handshakeCapacity(s: LimitSettings): number {
+  return 2 * Math.max(s.maxConnectionsPerIp, s.rateLimitIp);
+}
+
 /** The settings the limiter reads from {@link Config}. */
 export type LimitSettings = Pick<
   Config,
@@ -48,6 +57,8 @@ interface AddressEntry {
   connections: number;
   /** Null until the address is first charged (or when per-address rate limits are off). */
   bucket: TokenBucket | null;
+  /** Handshakes: null until the first one. */
+  handshakes: TokenBucket | null;
   /** Last use; entries are kept in the Map in about this order (re-inserted at most once a second). */
   touched: number;
 }
@@ -93,7 +104,7 @@ export class AddressLimits {
     let e = this.#entries.get(key);
     if (!e) {
       this.#maybeSweep(now, true);
-      e = { connections: 0, bucket: null, touched: now };
+      e = { connections: 0, bucket: null, handshakes: null, touched: now };
       this.#entries.set(key, e);
     } else if (now - e.touched >= 1000) {
       // Move to the end (most recent), at most once a second per address.
@@ -112,8 +123,11 @@ export class AddressLimits {
 
   /**
    * A handshake from `key`: refused past MAX_CONNECTIONS_PER_IP, and charged
-   * one unit of the address's bucket (it reads the welcome's history), so
-   * reconnecting in a loop is limited like any other request. Null: go on.
+   * to the address's handshake bucket, so reconnecting in a loop (each
+   * handshake reads a welcome's history) is limited too. That bucket is its
+   * own, not the message bucket, and holds twice the cap: a whole office
+   * can open its pages at once, and close and reopen some, without waiting.
+   * Null: go on.
    */
   admit(key: string, now = Date.now()): Refusal | null {
     const cap = this.settings.maxConnectionsPerIp;
@@ -122,7 +136,8 @@ export class AddressLimits {
       return { error: `too many connections from your address (at most ${cap})`, retryAfterMs: null };
     }
     if (!this.#rateOn) return null;
-    const wait = this.#bucket(e, now).take(1, now);
+    e.handshakes ??= new TokenBucket(handshakeCapacity(this.settings), this.settings.rateLimitIpRefillPerSecond, now);
+    const wait = e.handshakes.take(1, now);
     return wait === 0
       ? null
       : { error: "too many connections opened from your address; slow down", retryAfterMs: wait };
@@ -162,7 +177,9 @@ export class AddressLimits {
     if (!over && now - this.#sweptAt < SWEEP_EVERY_MS) return;
     this.#sweptAt = now;
     for (const [key, e] of this.#entries) {
-      if (e.connections === 0 && (e.bucket === null || e.bucket.full(now))) this.#entries.delete(key);
+      if (e.connections === 0 && (e.bucket === null || e.bucket.full(now)) && (e.handshakes?.full(now) ?? true)) {
+        this.#entries.delete(key);
+      }
     }
     if (this.#entries.size < this.maxEntries) return;
     // Still full of recently charged idle addresses (many addresses at

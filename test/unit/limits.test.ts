@@ -134,11 +134,22 @@ describe("AddressLimits", () => {
     for (let i = 0; i < 1000; i++) expect(uncapped.open("a", 0)).toBe(true);
   });
 
-  it("a handshake costs one unit of the address's bucket", () => {
+  it("handshakes have their own bucket: twice the cap at once, then RATE_LIMIT_IP_REFILL per second", () => {
     const addresses = new AddressLimits(settings(), 100, 0);
-    for (let i = 0; i < 100; i++) expect(addresses.admit("a", 0)).toBeNull();
+    for (let i = 0; i < 512; i++) expect(addresses.admit("a", 0)).toBeNull();
     expect(addresses.admit("a", 0)).toEqual({ error: expect.any(String), retryAfterMs: 100 });
     expect(addresses.admit("a", 100)).toBeNull();
+    // The message bucket is untouched.
+    expect(addresses.charge("a", 100, 100)).toBe(0);
+  });
+
+  it("the default cap of 256 connections can all open at once", () => {
+    const addresses = new AddressLimits(settings(), 100, 0);
+    for (let i = 0; i < 256; i++) {
+      expect(addresses.admit("nat", 0)).toBeNull();
+      expect(addresses.open("nat", 0)).toBe(true);
+    }
+    expect(addresses.admit("nat", 0)?.error).toMatch(/at most 256/);
   });
 
   it("forgets idle addresses whose bucket is full again, and never one with a connection", () => {
