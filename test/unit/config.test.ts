@@ -174,3 +174,22 @@ describe("loadConfig refuses bad values, naming the variable", () => {
     expect(() => loadConfig({ HISTORY: "redis" })).toThrow(/HISTORY=redis/);
   });
 });
+
+describe("HISTORY_TTL", () => {
+  it("takes a duration with a unit, or 0; unset is off", () => {
+    expect(loadConfig({}).historyTtlMs).toBe(0);
+    expect(loadConfig({ HISTORY_TTL: "0" }).historyTtlMs).toBe(0);
+    expect(loadConfig({ HISTORY_TTL: "30d" }).historyTtlMs).toBe(30 * 86_400_000);
+    expect(loadConfig({ HISTORY_TTL: "12h" }).historyTtlMs).toBe(12 * 3_600_000);
+    expect(loadConfig({ HISTORY_TTL: "1.5h" }).historyTtlMs).toBe(5_400_000);
+    expect(loadConfig({ HISTORY_TTL: "90m" }).historyTtlMs).toBe(5_400_000);
+    expect(loadConfig({ HISTORY_TTL: "45s" }).historyTtlMs).toBe(45_000);
+    expect(loadConfig({ HISTORY_TTL: "2w" }).historyTtlMs).toBe(14 * 86_400_000);
+  });
+
+  it("refuses what has no clear meaning, naming the variable", () => {
+    for (const value of ["30", "-1d", "abc", "1y", "d"]) {
+      expect(() => loadConfig({ HISTORY_TTL: value })).toThrow(/HISTORY_TTL=.*must be a duration like 30d/);
+    }
+  });
+});
