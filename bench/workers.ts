@@ -58,7 +58,7 @@ const OURS_VARS: Record<string, string> = {
   LOG_LEVEL: "warn",
 };
 
-interface Bundle {
+export interface Bundle {
   /** ES module, ready for workerd. */
   file: string;
   bytes: number;
@@ -67,7 +67,8 @@ interface Bundle {
   top: [string, number][];
 }
 
-interface WorkerTarget {
+/** A Worker bench/workers.ts can run on workerd. */
+export interface WorkerTarget {
   name: string;
   role: "ours" | "floor" | "docs" | "before";
   bundle: Bundle;
@@ -138,7 +139,7 @@ function topInputs(metafile: string): [string, number][] {
 }
 
 /** What `wrangler deploy` would upload from the checkout `dir` (its own wrangler.jsonc and scripts/wrangler.sh). */
-function wranglerBundle(dir: string, work: string): Bundle {
+export function wranglerBundle(dir: string, work: string): Bundle {
   const outdir = join(work, "out");
   const metafile = join(work, "meta.json");
   execFileSync("sh", ["scripts/wrangler.sh", "deploy", "--dry-run", "--outdir", outdir, "--metafile", metafile], {
@@ -174,6 +175,21 @@ async function floorBundle(work: string): Promise<Bundle> {
   };
 }
 
+/** Ours as `wrangler deploy` would ship it from this checkout (bundle and compatibility flags), built in `work`. */
+export function oursTarget(work: string, vars: Record<string, string> = OURS_VARS): WorkerTarget {
+  return {
+    name: "ours",
+    role: "ours",
+    bundle: wranglerBundle(ROOT, work),
+    className: "ChatRoom",
+    flags: wranglerFlags(ROOT),
+    vars,
+    wsPath: "/websocket",
+    wakeLine: "room rebuilt after hibernation",
+    welcome: true,
+  };
+}
+
 /** A workerd config equivalent to wrangler.jsonc's, for one Worker and its object class. */
 function capnpConfig(t: WorkerTarget, port: number, disk: string, vars: Record<string, string>): string {
   const text = (s: string) => JSON.stringify(s);
@@ -206,7 +222,7 @@ const assets :Workerd.Worker = (
 `;
 }
 
-interface RunningWorkerd {
+export interface RunningWorkerd {
   child: ChildProcess;
   port: number;
   /** Process start to the first 200 from /healthz. */
@@ -217,7 +233,11 @@ interface RunningWorkerd {
   stop(): Promise<void>;
 }
 
-async function startWorkerd(t: WorkerTarget, extraVars: Record<string, string> = {}): Promise<RunningWorkerd> {
+/**
+ * Runs `t` alone in `workerd serve` (pinned to core 0 when taskset works) on
+ * a free port with its own temp storage, and waits for /healthz.
+ */
+export async function startWorkerd(t: WorkerTarget, extraVars: Record<string, string> = {}): Promise<RunningWorkerd> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "chat-bench-workerd-"));
   mkdirSync(join(dir, "disk"));
@@ -498,17 +518,7 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
         wakeLine: "room started",
         welcome: false,
       },
-      {
-        name: "ours",
-        role: "ours",
-        bundle: wranglerBundle(ROOT, join(work, "ours")),
-        className: "ChatRoom",
-        flags: wranglerFlags(ROOT),
-        vars: OURS_VARS,
-        wsPath: "/websocket",
-        wakeLine: "room rebuilt after hibernation",
-        welcome: true,
-      },
+      oursTarget(join(work, "ours")),
     ];
     if (o.before) {
       mkdirSync(join(work, "before"));
