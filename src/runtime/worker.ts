@@ -44,11 +44,12 @@ import type {
 import { type Context, Hono } from "hono";
 import { defineWebSocketHelper, WSContext, type WSEvents, type WSReadyState } from "hono/ws";
 import { authenticate, type Chat, checkUpgrade, createChat, securityHeaders } from "../app.ts";
-import { type Config, loadConfig } from "../config.ts";
+import { type Config, ConfigError, loadConfig } from "../config.ts";
 import { apiBodyLimit, requireApiKey } from "../governance/api.ts";
 import { encodeIdentity } from "../governance/token.ts";
 import type { ChatSocket } from "../hub/hub.ts";
 import { MemoryHub } from "../hub/memory.ts";
+import { parseAllowedHosts } from "../limits/hosts.ts";
 import { consoleLogger, type Logger } from "../observability/logger.ts";
 import { noopMetrics } from "../observability/metrics.ts";
 import { CloseCode, roomProblem, selectSubprotocol } from "../protocol.ts";
@@ -78,6 +79,16 @@ function configVars(env: Env): Record<string, string | undefined> {
   return out;
 }
 
+/**
+ * The config, with one Workers default: ALLOWED_HOSTS unset means any host.
+ * Cloudflare routes a request to this Worker by its host name, so a
+ * rebinding name never reaches it (limits/hosts.ts).
+ */
+function workersConfig(env: Env): Config {
+  const config = loadConfig(configVars(env));
+  return config.allowedHosts ? config : { ...config, allowedHosts: parseAllowedHosts("*") };
+}
+
 function loggerFor(config: Config): Logger {
   const level = config.logLevel === "trace" ? "debug" : config.logLevel === "fatal" ? "error" : config.logLevel;
   return consoleLogger(level);
@@ -99,7 +110,7 @@ function forward(env: Env, room: string, url: URL, request: Request): Promise<Re
 
 /** The Worker's routes. Built once per isolate from its env. */
 function createFront(env: Env): Hono {
-  const config = loadConfig(configVars(env));
+  const config = workersConfig(env);
   const logger = loggerFor(config);
   const app = new Hono();
 
@@ -163,7 +174,7 @@ function createFront(env: Env): Hono {
 
   app.notFound((c) => c.json({ error: "not found" }, 404));
   app.onError((error, c) => {
-    logger.error({ err: String(error), path: c.req.path }, "request failed");
+    logger.error({ err: error, path: c.req.path }, "request failed");
     return c.json({ error: "internal error" }, 500);
   });
   return app;
@@ -239,7 +250,7 @@ export class ChatRoom {
     // Origin and token were checked by the Worker, which alone can reach
     // this object; the name from the token arrives as `?user=`.
     // AUTH_SECRET stays: token refreshes (`auth` frames) are checked here.
-    const config: Config = { ...loadConfig(configVars(env)), allowedOrigins: [] };
+    const config: Config = { ...workersConfig(env), allowedOrigins: [] };
     const logger = loggerFor(config);
     const store = new SqliteStore(durableSqlite(ctx.storage), config.historyLimit, {
       ttlMs: config.historyTtlMs,
@@ -261,6 +272,11 @@ export class ChatRoom {
       toSocket: (ws, id) => workersSocket(ws.raw as CfWebSocket, id, () => this.#rebuilding),
       runtime: "workerd",
       behindFront: true,
+      // Per-address limits are kept per room here (docs/workers.md): the
+      // client's address is Cloudflare's, which the edge sets on every request.
+      peerAddress: (c) => c.req.header("cf-connecting-ip"),
+      // The rebuild after hibernation replays upgrades that were admitted already.
+      internalRequest: (c) => (c.env as { adopt?: unknown } | undefined)?.adopt !== undefined,
     });
     const hibernated = ctx.getWebSockets();
     if (hibernated.length > 0) {
@@ -390,7 +406,8 @@ export default {
       front ??= createFront(env);
     } catch (error) {
       // A bad variable (ConfigError names it) fails every request loudly rather than running misconfigured.
-      console.error(String(error));
+      // A ConfigError's message names the variable; anything else keeps its stack.
+      console.error(error instanceof ConfigError ? error.message : error);
       return Response.json({ error: "the chat is misconfigured; see the Worker's log" }, { status: 500 });
     }
     return front.fetch(request);

@@ -346,7 +346,7 @@ export function fairUseCases(target: ServerTarget, _caps: SuiteCaps = {}): void 
       expect(limited).toBeGreaterThan(0);
       await Promise.all(open.map((c) => c.close()));
       await plain.stop();
-    }, 60_000);
+    }, 120_000);
 
     it("RATE_LIMIT=0 turns every rate limit off but not the connection cap", async () => {
       const off = await target.start({ RATE_LIMIT: "0", MAX_CONNECTIONS_PER_IP: "3" });
