@@ -174,7 +174,8 @@ function createFront(env: Env): Hono {
 
   app.notFound((c) => c.json({ error: "not found" }, 404));
   app.onError((error, c) => {
-    logger.error({ err: error, path: c.req.path }, "request failed");
+    // String: the Workers logger (consoleLogger) has no error serializer, `{ err: error }` would log `{}`.
+    logger.error({ err: String(error), path: c.req.path }, "request failed");
     return c.json({ error: "internal error" }, 500);
   });
   return app;
@@ -405,8 +406,8 @@ export default {
     try {
       front ??= createFront(env);
     } catch (error) {
-      // A bad variable (ConfigError names it) fails every request loudly rather than running misconfigured.
-      // A ConfigError's message names the variable; anything else keeps its stack.
+      // A bad variable (ConfigError names it) fails every request loudly rather than running
+      // misconfigured; anything else is logged with its stack.
       console.error(error instanceof ConfigError ? error.message : error);
       return Response.json({ error: "the chat is misconfigured; see the Worker's log" }, { status: 500 });
     }
