@@ -828,6 +828,43 @@ describe("ChatClient and the server's limits", () => {
   });
 });
 
+describe("ChatClient resuming more than one frame can carry", () => {
+  it("gets 1000 messages of 8 KB after a disconnect: all, in order, once, and is not cut off", async () => {
+    // 8 MB of catch-up against a 1 MiB send buffer: only a paged welcome gets it through.
+    const server = await nodeTarget.start({ HISTORY: "memory", RATE_LIMIT: "0", MAX_MESSAGE_LENGTH: "8000" });
+    const { net, WebSocket: Flaky } = flakyNetwork();
+    const reader = client(server, { room: "big", user: "reader", WebSocket: Flaky, pongTimeoutMs: 300 });
+    await opened(reader);
+    const seen = record(reader);
+    const first = await reader.send("before");
+
+    // Cut the reader off (a dead socket, and no way back) while the writer talks.
+    net.blackhole = true;
+    net.up = false;
+    const cut = nextEvent(reader, "status", (s) => s.status === "reconnecting");
+    reader.checkConnection();
+    await cut;
+    const writer = client(server, { room: "big", user: "writer" });
+    await opened(writer);
+    const big = "x".repeat(7990);
+    const sent: ChatMessage[] = [];
+    for (let i = 0; i < 1000; i += 100) {
+      sent.push(...(await Promise.all(Array.from({ length: 100 }, (_, k) => writer.send(`${i + k} ${big}`)))));
+    }
+
+    const opens: ChatEvents["open"][] = [];
+    reader.on("open", (e) => opens.push(e));
+    const caughtUp = nextEvent(reader, "caughtUp", () => true, 30_000);
+    net.blackhole = false;
+    net.up = true;
+    reader.retryNow();
+    expect(await caughtUp).toEqual({ resumed: true, count: 1000 });
+    expect(opens).toEqual([expect.objectContaining({ resumed: true, recovered: true })]); // one reconnect, no cut
+    expect(seen.map((m) => m.id)).toEqual([first.id, ...sent.map((m) => m.id)]);
+    expect(reader.lastId).toBe(sent.at(-1)!.id);
+  });
+});
+
 describe("ChatClient on Bun and Deno, with their own global WebSocket", () => {
   let server: RunningServer;
   const bin = (name: string) => resolve(import.meta.dirname, "../../node_modules/.bin", name);
