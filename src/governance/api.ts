@@ -10,7 +10,7 @@
  * read only after it, and only up to {@link MAX_API_BODY_BYTES}. With the key,
  * a call costs what the same action costs a chat client (one store write and
  * a broadcast); `GET /api/rooms` lists every room with someone online, which
- * with HUB=redis is one Redis scan of the presence sets.
+ * with HUB=redis reads one Redis hash per instance.
  */
 import { type Context, Hono, type MiddlewareHandler } from "hono";
 import { bodyLimit } from "hono/body-limit";
