@@ -40,12 +40,18 @@ export interface PagingOptions {
   maxQueued?: number;
 }
 
-/** Defaults for a connection whose MAX_BUFFERED_BYTES is `maxBuffered`. */
+/** The last defaults made: every connection of a server has the same MAX_BUFFERED_BYTES. */
+let lastDefaults: { maxBuffered: number; options: Required<PagingOptions> } | null = null;
+
+/** Defaults for a connection whose MAX_BUFFERED_BYTES is `maxBuffered` (shared, not copied per connection). */
 export function pagingFor(maxBuffered: number): Required<PagingOptions> {
+  if (lastDefaults?.maxBuffered === maxBuffered) return lastDefaults.options;
   // A page and the low-water mark together stay well under the slow-consumer
   // bound, even when a page's UTF-8 is three times its UTF-16 length.
   const page = Math.max(1024, Math.min(64 * 1024, Math.floor(maxBuffered / 8)));
-  return { pageSize: page, lowWater: page, readAhead: 4 * page, stallMs: 60_000, maxQueued: 4 };
+  const options = Object.freeze({ pageSize: page, lowWater: page, readAhead: 4 * page, stallMs: 60_000, maxQueued: 4 });
+  lastDefaults = { maxBuffered, options };
+  return options;
 }
 
 /** A message's share of a page: its free text and the fixed fields' JSON. */
@@ -155,7 +161,8 @@ export interface RepliesEvents {
  */
 export class Replies {
   readonly #opts: Required<PagingOptions>;
-  #tail: Promise<void> = Promise.resolve();
+  /** The reply being sent and those behind it; null when idle (nothing kept per idle connection). */
+  #tail: Promise<void> | null = null;
   #queued = 0;
 
   constructor(
@@ -163,9 +170,10 @@ export class Replies {
     readonly store: HistoryStore,
     readonly room: string,
     readonly events: RepliesEvents,
-    options: PagingOptions = {},
+    options?: PagingOptions,
   ) {
-    this.#opts = { ...pagingFor(member.maxBuffered), ...options };
+    const defaults = pagingFor(member.maxBuffered);
+    this.#opts = options ? { ...defaults, ...options } : defaults;
   }
 
   /**
@@ -227,6 +235,7 @@ export class Replies {
 
   async #pageHistory(before: string | undefined, limit: number): Promise<void> {
     const { member, store, room } = this;
+    if (!member.open) return;
     const frame = (messages: ChatMessage[], more: boolean): string =>
       serialize(
         before === undefined
@@ -259,8 +268,14 @@ export class Replies {
   }
 
   #enqueue(job: () => Promise<void>): void {
-    // A job's own failures are handled inside it; this only keeps the chain going.
-    this.#tail = this.#tail.then(job).catch((error: unknown) => this.events.readFailed(error, "history"));
+    // A job's own failures are handled inside it; the catch only keeps the chain going.
+    const tail: Promise<void> = (this.#tail ?? Promise.resolve())
+      .then(job)
+      .catch((error: unknown) => this.events.readFailed(error, "history"))
+      .then(() => {
+        if (this.#tail === tail) this.#tail = null;
+      });
+    this.#tail = tail;
   }
 
   /**

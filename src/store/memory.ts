@@ -1,5 +1,11 @@
 import type { ChatMessage } from "../protocol.ts";
-import type { HistoryStore, PageResult, ResumeResult, RetentionOptions } from "./store.ts";
+import {
+  type HistoryStore,
+  type PageResult,
+  pruneIntervalMs,
+  type ResumeResult,
+  type RetentionOptions,
+} from "./store.ts";
 
 /** What a deleted message leaves behind: its place in the order, for `since` and `lastId`. */
 interface Tombstone {
@@ -27,11 +33,6 @@ function upperBound(list: Slot[], id: string, from: number): number {
     else hi = mid;
   }
   return lo;
-}
-
-/** How often the retention timer runs: a tenth of the TTL, between 1 s and 1 min. */
-export function pruneIntervalMs(ttlMs: number): number {
-  return Math.min(60_000, Math.max(1000, Math.floor(ttlMs / 10)));
 }
 
 const banKey = (room: string, user: string) => `${room}\u0000${user}`;

@@ -1,6 +1,11 @@
 import type { ChatMessage } from "../protocol.ts";
-import { pruneIntervalMs } from "./memory.ts";
-import type { HistoryStore, PageResult, ResumeResult, RetentionOptions } from "./store.ts";
+import {
+  type HistoryStore,
+  type PageResult,
+  pruneIntervalMs,
+  type ResumeResult,
+  type RetentionOptions,
+} from "./store.ts";
 
 /** One prepared statement; better-sqlite3, bun:sqlite and node:sqlite all fit. */
 export interface SqliteStatement {

@@ -34,6 +34,14 @@ export interface RetentionOptions {
 }
 
 /**
+ * How often a store's retention pass runs (timer or writes): a tenth of the
+ * TTL, between 1 s and 1 min, so expired messages go within ~10% of the TTL.
+ */
+export function pruneIntervalMs(ttlMs: number): number {
+  return Math.min(60_000, Math.max(1000, Math.floor(ttlMs / 10)));
+}
+
+/**
  * A room's message history, and the room's bans (they live where the history
  * does, so they survive restarts the same way). Every implementation passes
  * the same contract suite (test/unit/store.contract.ts); ids are the hub's,
