@@ -158,6 +158,15 @@ export class Session {
         hub.leave(room, member);
         return;
       }
+      // A ban stored after the handshake's check, whose kick came before this
+      // join, would miss this connection: look once more now that it is in.
+      if (name !== null && (await this.deps.store.bannedUntil(room, name, Date.now())) !== null) {
+        member.detach();
+        hub.leave(room, member);
+        this.#inbox = null;
+        socket.close(CloseCode.Banned, "banned");
+        return;
+      }
       if (mode === "v1") {
         const welcome = await this.#welcome(users);
         this.#replies = new Replies(member, this.deps.store, room, {

@@ -9,13 +9,14 @@ import type { UpgradeWebSocket } from "hono/ws";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createChat } from "../../src/app.ts";
 import { loadConfig } from "../../src/config.ts";
-import { ConnectionGovernance, type GovernanceHost } from "../../src/governance/moderation.ts";
+import { banUser, ConnectionGovernance, type GovernanceHost } from "../../src/governance/moderation.ts";
 import { decodeIdentity, encodeIdentity, type Identity, roomAllowed, verifyToken } from "../../src/governance/token.ts";
 import { Member } from "../../src/hub/hub.ts";
 import { MemoryHub } from "../../src/hub/memory.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
 import { noopMetrics } from "../../src/observability/metrics.ts";
 import { type ErrorCode, parseClientFrame } from "../../src/protocol.ts";
+import { Session } from "../../src/session.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import type { HubEvent } from "../../src/webhooks/events.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
@@ -295,5 +296,34 @@ describe("server API without the key", () => {
     const ok = await chat.app.request("/api/rooms", { headers: { authorization: "Bearer unit-api-key-0123456789" } });
     expect(await ok.json()).toEqual({ rooms: [] });
     expect(calls).toEqual(["rooms"]);
+  });
+});
+
+describe("a ban racing a handshake", () => {
+  it("a ban stored (and kicked) while the connection was joining still closes it with 4003 once joined", async () => {
+    const store = new MemoryStore();
+    const hub = new MemoryHub(store, silentLogger);
+    let letJoin: () => void = () => {};
+    const gate = new Promise<void>((r) => {
+      letJoin = r;
+    });
+    const join = hub.join.bind(hub);
+    hub.join = async (room, member) => {
+      await gate;
+      return join(room, member);
+    };
+    const config = loadConfig({ AUTH_SECRET: SECRET });
+    const deps = { hub, store, config, logger: silentLogger, metrics: noopMetrics };
+    const identity: Identity = { name: "late", moderator: false, rooms: null, exp: null };
+    const session = new Session(deps, { room: "r", name: "late", mode: "v1", since: null, identity });
+    const socket = new FakeSocket();
+    const opened = session.open(socket);
+    // The moderator's ban lands between the handshake's check and the join.
+    await banUser(hub, store, "r", "late", 0);
+    letJoin();
+    await opened;
+    expect(socket.closes).toEqual([{ code: 4003, reason: "banned" }]);
+    expect(socket.ofType("welcome")).toEqual([]);
+    expect(await hub.users("r")).toEqual([]);
   });
 });
