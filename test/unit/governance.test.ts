@@ -19,6 +19,7 @@ import { type ErrorCode, parseClientFrame } from "../../src/protocol.ts";
 import { Session } from "../../src/session.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import type { HubEvent } from "../../src/webhooks/events.ts";
+import { FailingStore } from "../helpers/failing-store.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
 
 const SECRET = "unit-secret-0123456789abcdef";
@@ -296,6 +297,36 @@ describe("server API without the key", () => {
     const ok = await chat.app.request("/api/rooms", { headers: { authorization: "Bearer unit-api-key-0123456789" } });
     expect(await ok.json()).toEqual({ rooms: [] });
     expect(calls).toEqual(["rooms"]);
+  });
+});
+
+describe("server API when the store fails", () => {
+  it("answers 503 JSON and delivers nothing", async () => {
+    const store = new FailingStore(new MemoryStore());
+    const hub = new MemoryHub(store, silentLogger);
+    const fakeUpgrade = (() => async () => new Response(null, { status: 299 })) as unknown as UpgradeWebSocket;
+    const key = "unit-api-key-0123456789";
+    const chat = createChat({
+      config: loadConfig({ API_KEY: key }),
+      hub,
+      store,
+      logger: silentLogger,
+      metrics: noopMetrics,
+      upgradeWebSocket: fakeUpgrade,
+    });
+    const socket = new FakeSocket();
+    const watcher = new Member(socket, "w", "v1");
+    await hub.join("r", watcher);
+    watcher.release(null, null);
+    store.failAppends = "reject";
+    const res = await chat.app.request("/api/rooms/r/messages", {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ user: "bot", message: "lost" }),
+    });
+    expect(res.status).toBe(503);
+    expect(await res.json()).toEqual({ error: expect.any(String) });
+    expect(socket.ofType("message")).toEqual([]);
   });
 });
 
