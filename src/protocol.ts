@@ -3,8 +3,8 @@
  * serialization. The server, the browser client and the tests all import this
  * module, so it must stay free of any runtime-specific import.
  *
- * The contract is ../shared/PROTOCOL.md; the choices it leaves open are in
- * docs/protocol.md.
+ * The wire protocol as users read it (every route, frame, code, limit and
+ * default) is docs/protocol.md; keep the two in step.
  */
 import { en } from "zod/locales";
 import * as z from "zod/mini";
