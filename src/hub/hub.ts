@@ -86,7 +86,7 @@ export class Member {
     if (this.#held) {
       this.#held.push({ id, text });
       this.#heldSize += typeof text === "string" ? text.length : text.text.length;
-      if (this.#heldSize > this.maxBuffered) this.#closeSlow();
+      if (this.#heldSize > this.maxBuffered) this.closeSlow();
       return;
     }
     this.#send(text, id);
@@ -117,11 +117,13 @@ export class Member {
   checkBacklog(): boolean {
     if (this.#closing) return false;
     if (this.socket.bufferedAmount() <= this.maxBuffered) return true;
-    this.#closeSlow();
+    this.closeSlow();
     return false;
   }
 
-  #closeSlow(): void {
+  /** Closes the member as a client that does not read (1013), once. */
+  closeSlow(): void {
+    if (this.#closing) return;
     this.#closing = true;
     // Still held (so a room keeps it out of native broadcasts) but empty.
     if (this.#held) this.#held = [];
