@@ -319,6 +319,8 @@ export class ChatClient {
   /** True between the welcome's last page and the connection's end: sends go straight out. */
   #ready = false;
   #catchUp: CatchUp | null = null;
+  /** Called once the welcome's last page is in, or the connection is gone. */
+  #afterCatchUp: Array<() => void> = [];
   #user: string | null = null;
   #role: "moderator" | null = null;
   #users: string[] = [];
@@ -599,6 +601,8 @@ export class ChatClient {
    * large answer (`more: true`) is followed to its last page.
    */
   async loadOlder(limit = 50): Promise<Message[]> {
+    // A welcome still arriving in pages: its end is where "older" starts.
+    if (this.#catchUp) await new Promise<void>((resolve) => this.#afterCatchUp.push(resolve));
     if (this.#probe) await this.#probe;
     const n = Math.max(1, Math.min(MAX_HISTORY_LIMIT, Math.floor(limit)));
     const before = this.#oldestId;
@@ -641,6 +645,7 @@ export class ChatClient {
     this.#socket = null;
     this.#ready = false;
     this.#catchUp = null;
+    this.#wakeAfterCatchUp();
     if (socket) {
       this.#detach(socket);
       try {
@@ -809,6 +814,7 @@ export class ChatClient {
     this.#socket = null;
     this.#ready = false;
     this.#catchUp = null;
+    this.#wakeAfterCatchUp(); // they find no connection and say so
     this.#clearTimers();
     // The outcome of these is unknown: a resume shows sends, not edits or bans.
     this.#failRequests(new ChatError("offline", "the connection was lost before the answer"));
@@ -1094,6 +1100,13 @@ export class ChatClient {
         });
     }
     this.#emit("caughtUp", { resumed: catchUp.resumed, count: catchUp.count });
+    this.#wakeAfterCatchUp();
+  }
+
+  #wakeAfterCatchUp(): void {
+    const waiting = this.#afterCatchUp;
+    this.#afterCatchUp = [];
+    for (const wake of waiting) wake();
   }
 
   #failRequests(error: ChatError): void {
