@@ -27,7 +27,6 @@ import {
   NODE_TS,
   OURS_ENV,
   ROOT,
-  ratio,
   runLoadgen,
   type ScenarioModule,
   type Started,
@@ -45,8 +44,9 @@ import type { LoadResult, LoadSpec } from "./loadgen.ts";
  * generator). Add one line per scenario.
  */
 const SCENARIOS: Record<string, () => Promise<ScenarioModule>> = {
-  // hostile: () => import("./hostile.ts"),
+  hostile: () => import("./hostile.ts"),
   workers: () => import("./workers.ts"),
+  webhooks: () => import("./webhooks.ts"),
 };
 
 /** A server the bench can start. `kind` says which baselines its ratios use. */

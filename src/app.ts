@@ -1,6 +1,6 @@
 import { type Context, Hono, type MiddlewareHandler } from "hono";
 import { secureHeaders } from "hono/secure-headers";
-import type { UpgradeWebSocket, WSContext } from "hono/ws";
+import type { UpgradeWebSocket, WSContext, WSEvents } from "hono/ws";
 import type { Config } from "./config.ts";
 import { createApi } from "./governance/api.ts";
 import {
@@ -15,7 +15,7 @@ import {
 import type { ChatSocket, Hub } from "./hub/hub.ts";
 import { clientKey } from "./limits/address.ts";
 import { allowedHostsFor, hostAllowed } from "./limits/hosts.ts";
-import { AddressLimits, readCost } from "./limits/limiter.ts";
+import { AddressLimits, readCost, textCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import { LogThrottle } from "./observability/throttle.ts";
@@ -79,6 +79,49 @@ export interface Chat {
 }
 
 let nextSocketId = 0;
+
+/**
+ * One connection's WebSocket events. A class rather than an object of five
+ * closures: one small object per connection (with tsx's keepNames every
+ * closure also carries its own property dictionary; together ~2 KiB of each
+ * idle connection, docs/benchmarks.md). Every helper calls these as methods
+ * (`events.onMessage(...)`), so `this` holds.
+ */
+class ChatEvents implements WSEvents {
+  #started = false;
+
+  constructor(
+    readonly session: Session,
+    readonly id: string,
+    readonly shared: { sessions: Set<Session>; toSocket: (ws: WSContext, id: string) => ChatSocket },
+  ) {}
+
+  #start(ws: WSContext): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.shared.sessions.add(this.session);
+    void this.session.open(this.shared.toSocket(ws, this.id));
+  }
+
+  onOpen(_event: Event, ws: WSContext): void {
+    this.#start(ws);
+  }
+
+  onMessage(event: MessageEvent, ws: WSContext): void {
+    this.#start(ws); // helpers that never call onOpen (cloudflare-workers)
+    this.session.message(event.data as string | ArrayBuffer);
+  }
+
+  onClose(event: CloseEvent): void {
+    this.shared.sessions.delete(this.session);
+    this.session.closed(event.code);
+  }
+
+  onError(): void {
+    this.shared.sessions.delete(this.session);
+    this.session.closed(CloseCode.InternalError);
+  }
+}
 
 /** The default adapter: Hono's WSContext plus the raw socket's bufferedAmount. */
 export function defaultToSocket(ws: WSContext, id: string): ChatSocket {
@@ -243,10 +286,18 @@ export function createChat(deps: AppDeps): Chat {
   const { config, hub, store, logger, metrics } = deps;
   const toSocket = deps.toSocket ?? defaultToSocket;
   const sessions = new Set<Session>();
+  const shared = { sessions, toSocket };
   let draining = false;
   /** Per client address: open connections and a shared bucket (limits/limiter.ts). */
   const addresses = new AddressLimits(config);
-  const keyOf = (c: Context) => clientKey(deps.peerAddress?.(c), c.req.header("x-forwarded-for"), config.trustProxy);
+  const peerOf = (c: Context) => {
+    try {
+      return deps.peerAddress?.(c);
+    } catch {
+      return undefined; // a request without the runtime's connection info (tests' app.request)
+    }
+  };
+  const keyOf = (c: Context) => clientKey(peerOf(c), c.req.header("x-forwarded-for"), config.trustProxy);
   const app = new Hono<ChatEnv>();
   // Behind the Worker's front the token was checked there; refreshes still use config.
   const checks: Config = deps.behindFront ? { ...config, authSecret: undefined } : config;
@@ -294,6 +345,8 @@ export function createChat(deps: AppDeps): Chat {
     }
     try {
       const messages = before === undefined ? await store.latest(room, n) : await store.before(room, before, n);
+      // And by its size once known: 500 messages of 8 KB cost more than 500 lines of chat.
+      if (!deps.internalRequest?.(c)) addresses.spend(keyOf(c), textCost(messages) - readCost(n));
       return c.json({ messages });
     } catch (error) {
       logger.error({ room, err: String(error) }, "history read failed");
@@ -341,29 +394,7 @@ export function createChat(deps: AppDeps): Chat {
     deps.upgradeWebSocket((c) => {
       const init: SessionInit = c.get("chatSession");
       const session = new Session({ hub, store, config, logger, metrics, addresses }, init);
-      const id = `c${(++nextSocketId).toString(36)}`;
-      let started = false;
-      const start = (ws: WSContext) => {
-        if (started) return;
-        started = true;
-        sessions.add(session);
-        void session.open(toSocket(ws, id));
-      };
-      return {
-        onOpen: (_event, ws) => start(ws),
-        onMessage: (event, ws) => {
-          start(ws); // helpers that never call onOpen (cloudflare-workers)
-          session.message(event.data as string | ArrayBuffer);
-        },
-        onClose: (event) => {
-          sessions.delete(session);
-          session.closed(event.code);
-        },
-        onError: () => {
-          sessions.delete(session);
-          session.closed(CloseCode.InternalError);
-        },
-      };
+      return new ChatEvents(session, `c${(++nextSocketId).toString(36)}`, shared);
     }),
   );
 

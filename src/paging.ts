@@ -24,7 +24,7 @@
  */
 import type { Member } from "./hub/hub.ts";
 import { type ChatMessage, type HistoryFrame, serialize, type WelcomeFrame } from "./protocol.ts";
-import type { HistoryStore } from "./store/store.ts";
+import type { HistoryStore, ResumeResult } from "./store/store.ts";
 
 /** How replies are cut and paced. */
 export interface PagingOptions {
@@ -32,7 +32,7 @@ export interface PagingOptions {
   pageSize?: number;
   /** A page is sent once the socket has less than this many bytes queued. @default 65536 */
   lowWater?: number;
-  /** Messages kept read ahead per reply, in UTF-16 units; the rest is read again later. @default 262144 */
+  /** Messages kept read ahead per reply, in UTF-16 units; the rest is read again later. @default 131072 */
   readAhead?: number;
   /** Longest wait for one page's turn before the client counts as not reading (1013). @default 60000 */
   stallMs?: number;
@@ -49,7 +49,7 @@ export function pagingFor(maxBuffered: number): Required<PagingOptions> {
   // A page and the low-water mark together stay well under the slow-consumer
   // bound, even when a page's UTF-8 is three times its UTF-16 length.
   const page = Math.max(1024, Math.min(64 * 1024, Math.floor(maxBuffered / 8)));
-  const options = Object.freeze({ pageSize: page, lowWater: page, readAhead: 4 * page, stallMs: 60_000, maxQueued: 4 });
+  const options = Object.freeze({ pageSize: page, lowWater: page, readAhead: 2 * page, stallMs: 60_000, maxQueued: 4 });
   lastDefaults = { maxBuffered, options };
   return options;
 }
@@ -87,16 +87,22 @@ class PageSource {
   /** Average message size seen, to size the next read. */
   #avg: number;
 
+  /**
+   * @param first what the first read returned, oldest first
+   * @param rest set when that read stopped early (a resume's `sinceFirst`):
+   *   the rest is read later, up to `until` (the room's newest id then)
+   */
   constructor(
     readonly store: HistoryStore,
     readonly room: string,
     first: ChatMessage[],
     readonly readAhead: number,
+    rest: ResumeRest | null = null,
   ) {
     const kept = countFitting(first, 0, readAhead);
     this.#buffer = kept === first.length ? first : first.slice(0, kept);
-    this.#readAll = kept === first.length;
-    this.#until = first.at(-1)?.id ?? null;
+    this.#readAll = kept === first.length && (rest === null || first.length === 0);
+    this.#until = rest && first.length > 0 ? rest.until : (first.at(-1)?.id ?? null);
     this.#cursor = this.#buffer.at(-1)?.id ?? null;
     let total = 0;
     for (const m of this.#buffer) total += sizeOf(m);
@@ -147,12 +153,39 @@ class PageSource {
   }
 }
 
+/** Where a resume that was not read whole ends: the room's newest id when it started. */
+export interface ResumeRest {
+  until: string | null;
+}
+
+/** Messages a resume reads before its welcome, when the store can stop there (`sinceFirst`). */
+const RESUME_FIRST_READ = 128;
+
+/**
+ * Reads a resume (`since`) for the welcome: with a store that has
+ * `sinceFirst`, only the first messages (the rest is paged from the store
+ * later, see `rest`); otherwise all of it, as `since` returns it.
+ */
+export async function readResume(
+  store: HistoryStore,
+  room: string,
+  since: string,
+  limit: number,
+): Promise<ResumeResult & { rest: ResumeRest | null }> {
+  if (!store.sinceFirst) return { ...(await store.since(room, since, limit)), rest: null };
+  const first = await store.sinceFirst(room, since, limit, RESUME_FIRST_READ);
+  if (!first.more) return { messages: first.messages, complete: first.complete, rest: null };
+  return { messages: first.messages, complete: first.complete, rest: { until: await store.lastId(room) } };
+}
+
 /** What the session hears from its replies. */
 export interface RepliesEvents {
   /** A store read failed after the reply had started (logged by the session). */
   readFailed(error: unknown, what: "welcome" | "history"): void;
   /** The history answer failed: tell the client (an `unavailable` error). */
   historyUnavailable(): void;
+  /** A `history` answer's read came back: the session charges its size (fair use). @default none */
+  read?(messages: readonly ChatMessage[], limit: number): void;
 }
 
 /**
@@ -178,12 +211,13 @@ export class Replies {
 
   /**
    * Sends the welcome (its `history` is everything the welcome read, oldest
-   * first) as its first page now, and the rest in the background; the member
-   * goes live after the last page. Returns once the welcome frame is sent.
+   * first, or the start of it with `rest` from {@link readResume}) as its
+   * first page now, and the rest in the background; the member goes live
+   * after the last page. Returns once the welcome frame is sent.
    */
-  welcome(welcome: WelcomeFrame): void {
+  welcome(welcome: WelcomeFrame, rest: ResumeRest | null = null): void {
     const { member } = this;
-    const source = new PageSource(this.store, this.room, welcome.history, this.#opts.readAhead);
+    const source = new PageSource(this.store, this.room, welcome.history, this.#opts.readAhead, rest);
     welcome.history = source.take(this.#opts.pageSize);
     if (source.more) welcome.more = true;
     if (!member.sendAhead(serialize(welcome))) return;
@@ -245,6 +279,7 @@ export class Replies {
     let source: PageSource;
     try {
       const first = before === undefined ? await store.latest(room, limit) : await store.before(room, before, limit);
+      this.events.read?.(first, limit);
       source = new PageSource(store, room, first, this.#opts.readAhead);
     } catch (error) {
       this.events.readFailed(error, "history");

@@ -7,7 +7,7 @@ import {
 } from "./governance/moderation.ts";
 import type { Identity } from "./governance/token.ts";
 import { type ChatSocket, type Hub, Member } from "./hub/hub.ts";
-import { type AddressLimits, type ChargeKind, ConnectionLimits, readCost } from "./limits/limiter.ts";
+import { type AddressLimits, type ChargeKind, ConnectionLimits, readCost, textCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import { Replies } from "./paging.ts";
@@ -99,6 +99,8 @@ export class Session {
   #errorLines = 0;
   #errorsUnlogged = 0;
   #errorSummaryAt = 0;
+  /** Past the invalid-frame budget: one rate_limited was sent, the rest are dropped. */
+  #invalidMuted = false;
   readonly #limits: ParseLimits;
   #lastTyping = 0;
   readonly #openedAt = Date.now();
@@ -169,7 +171,12 @@ export class Session {
       }
       if (mode === "v1") {
         const welcome = await this.#welcome(users);
+        // A welcome of large messages is charged to the address by its size
+        // (beyond one unit, at most ten): reconnecting into a room of 8 KB
+        // messages in a loop costs like the history reads it is.
+        this.deps.addresses?.spend(this.init.address ?? "unknown", Math.min(10, textCost(welcome.history) - 1));
         this.#replies = new Replies(member, this.deps.store, room, {
+          read: (messages, limit) => this.#rate.spend("read", textCost(messages) - readCost(limit)),
           readFailed: (error, what) => this.#log.error({ conn: this.#conn, room, err: error }, `${what} read failed`),
           historyUnavailable: () => this.#error("unavailable", "history is unavailable, try again"),
         });
@@ -246,6 +253,25 @@ export class Session {
     return false;
   }
 
+  /**
+   * Answers an invalid frame, within the connection's `invalid` budget
+   * (1000 at once, 100/s). Past it, one `rate_limited` says so and the
+   * rest are dropped unanswered until the budget is back: a flood of bad
+   * frames then costs the server their parsing only.
+   */
+  #invalid(code: ErrorCode, message: string, cid?: string): void {
+    const wait = this.#rate.charge("invalid", 1);
+    if (wait === 0) {
+      this.#invalidMuted = false;
+      this.#error(code, message, cid);
+      return;
+    }
+    this.deps.metrics.errorSent("rate_limited");
+    if (this.#invalidMuted) return;
+    this.#invalidMuted = true;
+    this.#error("rate_limited", "too many invalid frames; they are dropped unanswered for now", cid, wait);
+  }
+
   /** Handles one frame from the client. */
   message(data: Inbound): void {
     if (this.#closed) return;
@@ -264,7 +290,7 @@ export class Session {
         member.socket.close(CloseCode.MessageTooBig, "frame too large");
         return;
       }
-      this.#error("unsupported_data", "binary frames are not supported; send JSON text");
+      this.#invalid("unsupported_data", "binary frames are not supported; send JSON text");
       return;
     }
     // The runtimes that cannot cap frames themselves (Deno, Workers) rely on
@@ -275,7 +301,7 @@ export class Session {
     }
     const parsed = parseClientFrame(data, this.init.mode, member.name === null, this.#limits);
     if (!parsed.ok) {
-      this.#error(parsed.code, parsed.message, parsed.cid);
+      this.#invalid(parsed.code, parsed.message, parsed.cid);
       return;
     }
     this.#handle(parsed.frame, member);

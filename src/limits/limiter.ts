@@ -15,8 +15,10 @@ import { TokenBucket } from "./bucket.ts";
  *   the address (REST reads are charged to the address only).
  * - `control`: `ping`, `typing`, `auth` — cheap, answered to the sender
  *   only; per connection only.
+ * - `invalid`: frames refused as invalid (bad JSON, unknown type, ...),
+ *   per connection only: past the budget they are dropped unanswered.
  */
-export type ChargeKind = "message" | "read" | "control";
+export type ChargeKind = "message" | "read" | "control" | "invalid";
 
 /** Messages one read unit covers: the page's page size, so "load older" costs 1. */
 export const MESSAGES_PER_READ_UNIT = 50;
@@ -26,6 +28,24 @@ export const READ_BUCKET = { capacity: 20, perSecond: 2 } as const;
 
 /** Per connection, `control` bucket: 20 frames, 5 back per second (a page pings every ~25 s, types at most 1/s). */
 export const CONTROL_BUCKET = { capacity: 20, perSecond: 5 } as const;
+
+/** Per connection, `invalid` bucket: 1000 bad frames answered at once, 100 per second after. */
+export const INVALID_BUCKET = { capacity: 1000, perSecond: 100 } as const;
+
+/** Characters of text one read unit covers (about 64 KiB in memory). */
+export const READ_UNIT_CHARS = 32 * 1024;
+
+/**
+ * What a read of these messages costs by its size: one unit per 32 Ki
+ * characters (text, name and a fixed overhead per message). A read is
+ * charged by count up front ({@link readCost}) and the rest once its size
+ * is known, so 500 messages of 8 KB cost far more than 500 lines of chat.
+ */
+export function textCost(messages: readonly { message: string; user: string }[]): number {
+  let chars = 0;
+  for (const m of messages) chars += m.message.length + m.user.length + 64;
+  return Math.ceil(chars / READ_UNIT_CHARS);
+}
 
 /** Cost of reading up to `limit` messages: one unit per 50, at least 1 (a `limit` of 500 costs 10). */
 export function readCost(limit: number): number {
@@ -136,6 +156,9 @@ export class AddressLimits {
       return { error: `too many connections from your address (at most ${cap})`, retryAfterMs: null };
     }
     if (!this.#rateOn) return null;
+    // An address in debt (heavy reads, welcomes of large history) waits before it may reconnect.
+    const debt = e.bucket?.wait(0, now) ?? 0;
+    if (debt > 0) return { error: "too many requests from your address; slow down", retryAfterMs: debt };
     e.handshakes ??= new TokenBucket(handshakeCapacity(this.settings), this.settings.rateLimitIpRefillPerSecond, now);
     const wait = e.handshakes.take(1, now);
     return wait === 0
@@ -164,6 +187,16 @@ export class AddressLimits {
   wait(key: string, cost: number, now = Date.now()): number {
     if (!this.#rateOn) return 0;
     return this.#bucket(this.#entry(key, now), now).wait(cost, now);
+  }
+
+  /**
+   * Charges `cost` units after the fact (what a read turned out to cost
+   * beyond what was charged up front): may leave the bucket in debt, which
+   * later requests of the address wait out. At most the capacity.
+   */
+  spend(key: string, cost: number, now = Date.now()): void {
+    if (!this.#rateOn || cost <= 0) return;
+    this.#bucket(this.#entry(key, now), now).spend(cost, now);
   }
 
   /** Takes `cost` units from the address's bucket if there are that many; returns the wait otherwise (0: taken). */
@@ -203,6 +236,7 @@ export class ConnectionLimits {
   #message: TokenBucket | null = null;
   #read: TokenBucket | null = null;
   #control: TokenBucket | null = null;
+  #invalid: TokenBucket | null = null;
   readonly #on: boolean;
 
   /**
@@ -228,7 +262,17 @@ export class ConnectionLimits {
       case "control":
         this.#control ??= new TokenBucket(CONTROL_BUCKET.capacity, CONTROL_BUCKET.perSecond, now);
         return this.#control;
+      case "invalid":
+        this.#invalid ??= new TokenBucket(INVALID_BUCKET.capacity, INVALID_BUCKET.perSecond, now);
+        return this.#invalid;
     }
+  }
+
+  /** Charges `cost` after the fact, to this connection and (message, read) its address: may leave debt. */
+  spend(kind: ChargeKind, cost: number, now = Date.now()): void {
+    if (!this.#on || cost <= 0) return;
+    this.#bucket(kind, now).spend(cost, now);
+    if (kind === "message" || kind === "read") this.addresses?.spend(this.key, cost, now);
   }
 
   /**
@@ -240,7 +284,7 @@ export class ConnectionLimits {
   charge(kind: ChargeKind, cost: number, now = Date.now()): number {
     if (!this.#on) return 0;
     const own = this.#bucket(kind, now);
-    const shared = kind !== "control" ? this.addresses : null;
+    const shared = kind === "message" || kind === "read" ? this.addresses : null;
     const wait = Math.max(own.wait(cost, now), shared ? shared.wait(this.key, cost, now) : 0);
     if (wait > 0) return wait;
     own.take(cost, now);

@@ -127,3 +127,28 @@ describe("error lines", () => {
     expect(msgs.length).toBeLessThan(10);
   });
 });
+
+describe("invalid-frame budget", () => {
+  it("answers 1000 bad frames, then one rate_limited, then drops them unanswered; valid frames still work", async () => {
+    const config = loadConfig({});
+    const hub = new MemoryHub(new MemoryStore(), silentLogger, null, null, 0);
+    const session = new Session({ hub, store: hub.store, config, logger: silentLogger, metrics: noopMetrics }, init);
+    const socket = new FakeSocket();
+    await session.open(socket);
+    const t0 = Date.now();
+    for (let i = 0; i < 5000; i++) session.message("x");
+    const refilled = Math.ceil(((Date.now() - t0) / 1000) * 100);
+    const errors = socket.ofType("error");
+    const answered = errors.filter((e) => e.code === "invalid_json").length;
+    expect(answered).toBeGreaterThanOrEqual(1000);
+    expect(answered).toBeLessThanOrEqual(1000 + refilled);
+    const limited = errors.filter((e) => e.code === "rate_limited");
+    // One when the budget ran out (and one more each time a refilled token ran out again).
+    expect(limited.length).toBeGreaterThanOrEqual(1);
+    expect(limited.length).toBeLessThanOrEqual(1 + refilled);
+    expect(errors.length).toBeLessThan(5000);
+    expect(limited[0]!.retryAfterMs).toBeGreaterThan(0);
+    session.message(JSON.stringify({ type: "ping" }));
+    expect(socket.ofType("pong")).toHaveLength(1);
+  });
+});

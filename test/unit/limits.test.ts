@@ -9,7 +9,7 @@ import { loadConfig } from "../../src/config.ts";
 import { addressKey, clientAddress, clientKey, parseTrustProxy, TRUST_NONE } from "../../src/limits/address.ts";
 import { TokenBucket } from "../../src/limits/bucket.ts";
 import { allowedHostsFor, hostAllowed, parseAllowedHosts } from "../../src/limits/hosts.ts";
-import { AddressLimits, ConnectionLimits, readCost } from "../../src/limits/limiter.ts";
+import { AddressLimits, ConnectionLimits, readCost, textCost } from "../../src/limits/limiter.ts";
 import { LogThrottle } from "../../src/observability/throttle.ts";
 
 const settings = (env: Record<string, string> = {}) => loadConfig(env);
@@ -268,5 +268,37 @@ describe("LogThrottle", () => {
     expect(t.pass(1)).toBeNull();
     expect(t.pass(999)).toBeNull();
     expect(t.pass(1000)).toBe(2);
+  });
+});
+
+describe("read costs by size", () => {
+  it("textCost: one unit per 32 Ki characters, so 500 messages of 8 KB cost far more than 500 short lines", () => {
+    const short = Array.from({ length: 500 }, () => ({ user: "ann", message: "hello there" }));
+    const big = Array.from({ length: 500 }, () => ({ user: "ann", message: "\u{1F600}".repeat(2000) }));
+    expect(textCost(short)).toBe(2);
+    expect(textCost(big)).toBe(63);
+  });
+
+  it("spend leaves a debt the next request waits out, exactly; a handshake waits for it too", () => {
+    const config = settings();
+    const addresses = new AddressLimits(config, 100, 0);
+    const limits = new ConnectionLimits(config, addresses, "k");
+    expect(limits.charge("read", 10, 0)).toBe(0);
+    limits.spend("read", 53, 0); // the read turned out to be 63 units: capped at the capacity
+    const wait = limits.charge("read", 1, 0);
+    expect(wait).toBeGreaterThan(0);
+    expect(limits.charge("read", 1, wait)).toBe(0);
+    const owing = new AddressLimits(config, 100, 0);
+    owing.spend("a", 100, 0);
+    owing.spend("a", 100, 0);
+    expect(owing.admit("a", 0)).toEqual({ error: expect.any(String), retryAfterMs: 10_000 });
+    expect(owing.admit("a", 10_000)).toBeNull();
+  });
+
+  it("invalid frames have their own budget", () => {
+    const limits = new ConnectionLimits(settings(), null, "k");
+    for (let i = 0; i < 1000; i++) expect(limits.charge("invalid", 1, 0)).toBe(0);
+    expect(limits.charge("invalid", 1, 0)).toBe(10);
+    expect(limits.charge("message", 1, 0)).toBe(0);
   });
 });
