@@ -263,6 +263,7 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
         const { c: bob } = await member(room, { name: "bob" });
         const seed = await seedMember(room, { name: "sid" });
         const m = await say(alice, "helo");
+        await seed.waitFor((f) => isMsg(f) && f.id === m.id);
         alice.send({ type: "edit", id: m.id, message: "hello", cid: "ed-1" });
         const e = await bob.waitFor("edited");
         expect(e).toEqual({ type: "edited", room, id: m.id, message: "hello", edited: expect.any(Number) });
