@@ -585,7 +585,10 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
         const b = freshRoom();
         await member(a, { name: "r1" });
         await member(a, { name: "r1" });
-        await connect(`${gov.wsUrl}${q({ room: b, token: await token({ name: "r2" }) })}`);
+        const seed = await connect(`${gov.wsUrl}${q({ room: b, token: await token({ name: "r2" }) })}`);
+        // A seed connection has no welcome to wait for: its message shows it has joined.
+        seed.send({ message: "here" });
+        await seed.waitFor(isMsg);
         const res = await api("/rooms");
         expect(res.status).toBe(200);
         const rooms = (res.body as { rooms: { room: string; online: number }[] }).rooms;
