@@ -243,6 +243,12 @@ interface CatchUp {
   count: number;
   /** Own messages after `since` in the resume: they settle sends whose echo was lost. */
   own: Message[];
+  /**
+   * Live messages that came before the last page (the server sends none;
+   * a server that did would otherwise move the cursor past pages not yet
+   * delivered, which would then be dropped as seen).
+   */
+  held: Array<Message & { cid?: string }>;
 }
 
 // Frames beyond what every server sends: paging, roles, moderation, token
@@ -913,6 +919,10 @@ export class ChatClient {
         this.#welcome(frame);
         return;
       case "message": {
+        if (this.#catchUp) {
+          this.#catchUp.held.push(frame as Message & { cid?: string });
+          return;
+        }
         const { cid, ...message } = frame as Message & { cid?: string };
         this.#deliver(message);
         if (cid !== undefined) this.#settle(cid, (p) => p.resolve(message));
@@ -1018,7 +1028,7 @@ export class ChatClient {
     this.#user = w.user ?? this.#user;
     this.#role = w.role === "moderator" ? "moderator" : null;
     this.#users = w.users;
-    this.#catchUp = { resumed, since: this.#lastId, count: 0, own: [] };
+    this.#catchUp = { resumed, since: this.#lastId, count: 0, own: [], held: [] };
     this.#setStatus("open");
     this.#emit("open", { users: w.users, user: w.user, role: this.#role, resumed, recovered: w.recovered });
     if (this.#socket !== socket) return; // a listener closed the client
@@ -1062,6 +1072,7 @@ export class ChatClient {
     if (!catchUp) return;
     this.#catchUp = null;
     this.#ready = true;
+    for (const frame of catchUp.held) this.#frame(frame);
 
     // Sends that were on the wire when the connection dropped: the resume's
     // history shows whether the server stored them (the echo's cid is not

@@ -290,6 +290,17 @@ describe("ChatClient with a scripted server", () => {
     expect(await sending).toEqual(stored);
   });
 
+  it("keeps a live message that overtakes the welcome's pages until they are in (none lost, none twice)", async () => {
+    const { c, socket } = scripted();
+    const seen = record(c);
+    const ms = messagesOf(6);
+    const s0 = await socket(0);
+    s0.push(welcome(ms.slice(0, 2), { more: true }));
+    s0.push(ms[5]!); // a live message before the pages 2..4: it must not move the cursor past them
+    s0.push({ type: "history", messages: ms.slice(2, 5), more: false });
+    expect(seen.map((m) => m.message)).toEqual(ms.map((m) => m.message));
+  });
+
   it("resumes a paged welcome cut in the middle from the last message it delivered", async () => {
     const { c, socket } = scripted();
     const seen = record(c);
