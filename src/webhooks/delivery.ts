@@ -2,6 +2,7 @@ import type { Logger } from "../observability/logger.ts";
 import { type Metrics, noopMetrics } from "../observability/metrics.ts";
 import { FRESH, type Outbox, type PendingEvent } from "./outbox.ts";
 import { WebhookSigner } from "./signing.ts";
+import { fetchPost, type WebhookPost } from "./transport.ts";
 
 /**
  * Who may deliver, when several instances share one outbox (HUB=redis): only
@@ -51,14 +52,18 @@ export interface WebhookDeliveryOptions {
   lease?: Lease | null;
   /** How often the pending gauge is sampled. @default 5000 */
   gaugeMs?: number;
-  /** For tests: the HTTP client. @default globalThis.fetch */
-  fetch?: typeof fetch;
+  /** How a POST goes out (Node: nodePost, cheaper than fetch). @default fetchPost */
+  post?: WebhookPost;
+  /** Makes X-Chat-Signature for a body (Node: nodeSigner). @default WebCrypto with `secret` */
+  sign?: (body: string) => string | Promise<string>;
   /** For tests: jitter source. @default Math.random */
   random?: () => number;
 }
 
-/** The most of a receiver's answer read (and discarded) to keep the connection reusable. */
-const MAX_ANSWER_BYTES = 64 * 1024;
+/** Delivered events removed from the outbox together, at most this many... */
+const REMOVE_EVERY = 32;
+/** ...or after this long. */
+const REMOVE_AFTER_MS = 100;
 
 /**
  * The webhook delivery loop (PROTOCOL 8.4): one per instance (or per Durable
@@ -72,11 +77,11 @@ const MAX_ANSWER_BYTES = 64 * 1024;
  * Deno) or {@link runDue} (one pass, from a Durable Object alarm).
  */
 export class WebhookDelivery {
-  readonly #o: Required<Omit<WebhookDeliveryOptions, "lease" | "metrics">> & {
+  readonly #o: Required<Omit<WebhookDeliveryOptions, "lease" | "metrics" | "sign">> & {
     lease: Lease | null;
     metrics: Metrics;
   };
-  readonly #signer: WebhookSigner;
+  readonly #sign: (body: string) => string | Promise<string>;
   /** Rooms being delivered now, and their workers. */
   readonly #active = new Map<string, Promise<void>>();
   /** Requests in flight, aborted by a stop. */
@@ -99,13 +104,18 @@ export class WebhookDelivery {
       giveUpAfterMs: 86_400_000,
       pollMs: 1000,
       gaugeMs: 5000,
-      fetch: (input, init) => globalThis.fetch(input, init),
+      post: fetchPost,
       random: Math.random,
       ...options,
       lease: options.lease ?? null,
       metrics: options.metrics ?? noopMetrics,
     };
-    this.#signer = new WebhookSigner(options.secret);
+    if (options.sign) {
+      this.#sign = options.sign;
+    } else {
+      const signer = new WebhookSigner(options.secret);
+      this.#sign = (body) => signer.sign(body);
+    }
   }
 
   /** Starts the loop (Node, Bun, Deno). */
@@ -238,46 +248,77 @@ export class WebhookDelivery {
     this.#o.metrics.webhookPending(await this.#o.outbox.pending());
   }
 
-  /** Delivers one room's events in order until it is empty, waits for a retry, or the loop stops. */
+  /**
+   * Delivers one room's events in order until it is empty, waits for a
+   * retry, or the loop stops. Delivered events leave the outbox in batches
+   * (at most {@link REMOVE_EVERY} events or {@link REMOVE_AFTER_MS}), not one
+   * commit each: a crash in between sends those few again (at least once;
+   * receivers dedupe by id), and the outbox's write cost per event drops.
+   */
   async #deliverRoom(room: string): Promise<void> {
-    const { outbox, logger, metrics } = this.#o;
-    let { events, retry } = await outbox.head(room, this.#o.pageSize);
-    while (events.length > 0) {
-      if (retry.nextAt > Date.now()) return;
-      for (const event of events) {
-        if (this.#stopped || !this.#leaseHeld) return;
-        const outcome = await this.#post(event);
-        // A request the stop aborted is not a failure of the receiver.
-        if (this.#stopped && outcome !== true) return;
-        if (outcome === true) {
-          await outbox.remove(room, event.key, FRESH);
-          retry = { ...FRESH };
-          metrics.webhookDelivered();
-          continue;
-        }
-        metrics.webhookAttemptFailed();
-        const now = Date.now();
-        const attempts = retry.attempts + 1;
-        const failingSince = retry.failingSince ?? now;
-        if (now - event.ts >= this.#o.giveUpAfterMs && now - failingSince >= this.#o.giveUpAfterMs) {
-          logger.error(
-            { room, event: event.id, attempts, failingSince, reason: outcome },
-            "webhook event given up: its room's deliveries have failed for the whole retry period",
+    const { outbox, logger, metrics, lease } = this.#o;
+    /** The newest delivered event not yet removed from the outbox. */
+    let delivered: string | null = null;
+    let unremoved = 0;
+    let firstUnremovedAt = 0;
+    const removeDelivered = async () => {
+      if (delivered === null) return;
+      const through = delivered;
+      delivered = null;
+      unremoved = 0;
+      await outbox.remove(room, through, FRESH);
+    };
+    try {
+      let { events, retry } = await outbox.head(room, this.#o.pageSize);
+      while (events.length > 0) {
+        // The stored state is older than a delivery this worker has not removed yet.
+        if (delivered !== null) retry = { ...FRESH };
+        if (retry.nextAt > Date.now()) return;
+        for (const event of events) {
+          if (this.#stopped) return;
+          if (lease && !(await lease.hold())) {
+            this.#leaseHeld = false;
+            return;
+          }
+          const outcome = await this.#post(event);
+          // A request the stop aborted is not a failure of the receiver.
+          if (this.#stopped && outcome !== true) return;
+          if (outcome === true) {
+            metrics.webhookDelivered();
+            retry = { ...FRESH };
+            delivered = event.key;
+            if (unremoved++ === 0) firstUnremovedAt = Date.now();
+            if (unremoved >= REMOVE_EVERY || Date.now() - firstUnremovedAt >= REMOVE_AFTER_MS) await removeDelivered();
+            continue;
+          }
+          await removeDelivered();
+          metrics.webhookAttemptFailed();
+          const now = Date.now();
+          const attempts = retry.attempts + 1;
+          const failingSince = retry.failingSince ?? now;
+          if (now - event.ts >= this.#o.giveUpAfterMs && now - failingSince >= this.#o.giveUpAfterMs) {
+            logger.error(
+              { room, event: event.id, attempts, failingSince, reason: outcome },
+              "webhook event given up: its room's deliveries have failed for the whole retry period",
+            );
+            metrics.webhookFailed();
+            retry = { attempts, failingSince, nextAt: 0 };
+            await outbox.remove(room, event.key, retry);
+            continue;
+          }
+          retry = { attempts, failingSince, nextAt: now + this.#backoff(attempts) };
+          logger.warn(
+            { room, event: event.id, attempts, retryInMs: retry.nextAt - now, reason: outcome },
+            "webhook delivery failed; retrying",
           );
-          metrics.webhookFailed();
-          retry = { attempts, failingSince, nextAt: 0 };
-          await outbox.remove(room, event.key, retry);
-          continue;
+          await outbox.failed(room, retry);
+          return;
         }
-        retry = { attempts, failingSince, nextAt: now + this.#backoff(attempts) };
-        logger.warn(
-          { room, event: event.id, attempts, retryInMs: retry.nextAt - now, reason: outcome },
-          "webhook delivery failed; retrying",
-        );
-        await outbox.failed(room, retry);
-        return;
+        // The next page starts after what was delivered, removed or not yet.
+        ({ events, retry } = await outbox.head(room, this.#o.pageSize, delivered ?? undefined));
       }
-      ({ events, retry } = await outbox.head(room, this.#o.pageSize));
+    } finally {
+      await removeDelivered();
     }
   }
 
@@ -293,20 +334,13 @@ export class WebhookDelivery {
     this.#inFlight.add(controller);
     const timer = setTimeout(() => controller.abort(), this.#o.timeoutMs);
     try {
-      const res = await this.#o.fetch(this.#o.url, {
-        method: "POST",
-        headers: {
-          "content-type": "application/json",
-          "x-chat-event-id": event.id,
-          "x-chat-signature": await this.#signer.sign(event.body),
-        },
-        body: event.body,
-        // A redirect is not a 2xx: the receiver must answer at WEBHOOK_URL itself.
-        redirect: "manual",
-        signal: controller.signal,
-      });
-      await drainAnswer(res);
-      return res.status >= 200 && res.status < 300 ? true : `status ${res.status}`;
+      const headers = {
+        "content-type": "application/json",
+        "x-chat-event-id": event.id,
+        "x-chat-signature": await this.#sign(event.body),
+      };
+      const status = await this.#o.post(this.#o.url, headers, event.body, controller.signal);
+      return status >= 200 && status < 300 ? true : `status ${status}`;
     } catch (error) {
       if (controller.signal.aborted) return this.#stopped ? "stopped" : `no answer within ${this.#o.timeoutMs} ms`;
       if (!(error instanceof Error)) return "request failed";
@@ -316,23 +350,6 @@ export class WebhookDelivery {
     } finally {
       clearTimeout(timer);
       this.#inFlight.delete(controller);
-    }
-  }
-}
-
-/** Reads and discards a bounded answer, so the connection can be reused; past the bound it is dropped. */
-async function drainAnswer(res: Response): Promise<void> {
-  if (!res.body) return;
-  const reader = res.body.getReader();
-  let read = 0;
-  // Bounded: stops after MAX_ANSWER_BYTES, whatever the receiver sends.
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) return;
-    read += value.byteLength;
-    if (read > MAX_ANSWER_BYTES) {
-      await reader.cancel();
-      return;
     }
   }
 }

@@ -48,11 +48,16 @@ export interface Outbox {
   due(now: number, limit: number): Promise<string[]>;
   /** The earliest `nextAt` of any room with events, or null when nothing waits. */
   nextDue(): Promise<number | null>;
-  /** Up to `limit` of the room's events, oldest first, and its retry state. */
-  head(room: string, limit: number): Promise<{ events: PendingEvent[]; retry: RoomRetry }>;
   /**
-   * Removes the room's head event `key` (delivered, or given up). `retry` is
-   * the room's state from now on: {@link FRESH} after a delivery.
+   * Up to `limit` of the room's events, oldest first, and its retry state;
+   * with `after`, only events after that key (delivered ones the loop has
+   * not removed yet are skipped).
+   */
+  head(room: string, limit: number, after?: string): Promise<{ events: PendingEvent[]; retry: RoomRetry }>;
+  /**
+   * Removes the room's events up to and including `key` (delivered, or the
+   * last one given up), in one write. `retry` is the room's state from now
+   * on: {@link FRESH} after a delivery.
    */
   remove(room: string, key: string, retry: RoomRetry): Promise<void>;
   /** Records a failed attempt: the room's head waits until `retry.nextAt`. */
@@ -136,16 +141,33 @@ export class MemoryOutbox implements Outbox {
     return next;
   }
 
-  async head(room: string, limit: number): Promise<{ events: PendingEvent[]; retry: RoomRetry }> {
+  async head(room: string, limit: number, after?: string): Promise<{ events: PendingEvent[]; retry: RoomRetry }> {
     const q = this.#rooms.get(room);
     if (!q) return { events: [], retry: { ...FRESH } };
-    return { events: q.events.slice(q.start, q.start + limit), retry: { ...q.retry } };
+    let from = q.start;
+    if (after !== undefined) {
+      // Keys grow along the queue: skip to the first one above `after` (binary search).
+      const key = Number(after);
+      let hi = q.events.length;
+      while (from < hi) {
+        const mid = (from + hi) >> 1;
+        if (Number(q.events[mid]!.key) <= key) from = mid + 1;
+        else hi = mid;
+      }
+    }
+    return { events: q.events.slice(from, from + limit), retry: { ...q.retry } };
   }
 
   async remove(room: string, key: string, retry: RoomRetry): Promise<void> {
     const q = this.#rooms.get(room);
-    if (q?.events[q.start]?.key !== key) return;
-    this.#shift(room, q, retry);
+    if (!q) return;
+    const through = Number(key);
+    // Bounded: at most the room's queue.
+    while (this.#rooms.get(room) === q) {
+      const head = q.events[q.start];
+      if (!head || Number(head.key) > through) break;
+      this.#shift(room, q, retry);
+    }
   }
 
   #shift(room: string, q: MemoryRoomQueue, retry: RoomRetry): void {

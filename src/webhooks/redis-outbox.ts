@@ -51,8 +51,13 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[1] then return -1 end
 `;
 
 // KEYS: queue, due, retry, count, lease. ARGV: owner, room, key, attempts, failingSince, nextAt.
+// Removes the room's entries up to and including `key` (the loop removes in batches, at most a page).
 const REMOVE = `${FENCE}
-if redis.call('XDEL', KEYS[1], ARGV[3]) == 1 then redis.call('DECR', KEYS[4]) end
+local removed = 0
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', ARGV[3])) do
+  removed = removed + redis.call('XDEL', KEYS[1], entry[1])
+end
+if removed > 0 then redis.call('DECRBY', KEYS[4], removed) end
 if redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
@@ -213,9 +218,10 @@ export class RedisOutbox implements Outbox {
     return first.length >= 2 ? Number(first[1]) : null;
   }
 
-  async head(room: string, limit: number): Promise<{ events: PendingEvent[]; retry: RoomRetry }> {
+  async head(room: string, limit: number, after?: string): Promise<{ events: PendingEvent[]; retry: RoomRetry }> {
     const [entries, state, score] = await Promise.all([
-      this.#redis.xrange(this.keys.queue(room), "-", "+", "COUNT", limit),
+      // "(" makes the start exclusive.
+      this.#redis.xrange(this.keys.queue(room), after === undefined ? "-" : `(${after}`, "+", "COUNT", limit),
       this.#redis.hget(this.keys.retry, room),
       this.#redis.zscore(this.keys.due, room),
     ]);

@@ -88,9 +88,11 @@ export class SqliteOutbox implements Outbox {
     );
     this.#due = db.prepare("SELECT room FROM webhook_rooms WHERE next_at <= ? ORDER BY next_at LIMIT ?");
     this.#nextDue = db.prepare("SELECT next_at FROM webhook_rooms ORDER BY next_at LIMIT 1");
-    this.#head = db.prepare("SELECT seq, id, ts, body FROM webhook_events WHERE room = ? ORDER BY seq LIMIT ?");
+    this.#head = db.prepare(
+      "SELECT seq, id, ts, body FROM webhook_events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+    );
     this.#room = db.prepare("SELECT attempts, failing_since, next_at FROM webhook_rooms WHERE room = ?");
-    this.#delete = db.prepare("DELETE FROM webhook_events WHERE room = ? AND seq = ?");
+    this.#delete = db.prepare("DELETE FROM webhook_events WHERE room = ? AND seq <= ?");
     this.#hasMore = db.prepare("SELECT 1 AS more FROM webhook_events WHERE room = ? LIMIT 1");
     this.#setRoom = db.prepare("UPDATE webhook_rooms SET attempts = ?, failing_since = ?, next_at = ? WHERE room = ?");
     this.#deleteRoom = db.prepare("DELETE FROM webhook_rooms WHERE room = ?");
@@ -154,8 +156,8 @@ export class SqliteOutbox implements Outbox {
     return row ? Number(row.next_at) : null;
   }
 
-  async head(room: string, limit: number): Promise<{ events: PendingEvent[]; retry: RoomRetry }> {
-    const rows = this.#head.all(room, limit) as EventRow[];
+  async head(room: string, limit: number, after?: string): Promise<{ events: PendingEvent[]; retry: RoomRetry }> {
+    const rows = this.#head.all(room, after === undefined ? 0 : Number(after), limit) as EventRow[];
     const r = this.#room.get(room) as RoomRow | null | undefined;
     const retry: RoomRetry = r
       ? {

@@ -5,6 +5,7 @@ import type { SqliteDatabase } from "../store/sqlite.ts";
 import { type Lease, WebhookDelivery, type WebhookDeliveryOptions } from "./delivery.ts";
 import { type EventSink, toWebhookEvent } from "./events.ts";
 import { MemoryOutbox, type Outbox } from "./outbox.ts";
+import { fetchPost } from "./transport.ts";
 
 /** Running webhooks: the sink for the hub, and their stop. */
 export interface Webhooks {
@@ -47,6 +48,20 @@ export function outboxSink(outbox: Outbox, delivery: { notify(): void }, logger:
   };
 }
 
+/** How POSTs go out and are signed: Node's own http and crypto on Node (node-transport.ts says why), else fetch and WebCrypto. */
+async function cheapestTransport(
+  secret: string,
+  maxSockets: number,
+): Promise<Pick<WebhookDeliveryOptions, "post" | "sign">> {
+  const g = globalThis as { Bun?: unknown; Deno?: unknown; process?: { release?: { name?: string } } };
+  // Bun and Deno also answer to process.release; their fetch is their own (native) client.
+  if (g.Bun === undefined && g.Deno === undefined && g.process?.release?.name === "node") {
+    const { nodePost, nodeSigner } = await import("./node-transport.ts");
+    return { post: nodePost(maxSockets), sign: nodeSigner(secret) };
+  }
+  return { post: fetchPost };
+}
+
 /**
  * Builds the outbox where the history is (HUB=redis: Redis streams shared by
  * every instance; HISTORY=sqlite: a table in the history's file; otherwise
@@ -86,7 +101,10 @@ export async function startWebhooks(config: Config, deps: WebhookDeps): Promise<
     });
     kind = "memory";
   }
+  const concurrency = deps.delivery?.concurrency ?? 32;
   const delivery = new WebhookDelivery({
+    ...(await cheapestTransport(hook.secret, concurrency)),
+    concurrency,
     url: hook.url,
     secret: hook.secret,
     timeoutMs: hook.timeoutMs,

@@ -85,8 +85,8 @@ function remoteOutbox(line: OutboxLine, gen: number): Outbox {
     add: (e: WebhookEvent) => line.call(gen, "add", [e]).then(() => {}),
     due: (now, limit) => line.call(gen, "due", [now, limit]) as Promise<string[]>,
     nextDue: () => line.call(gen, "nextDue") as Promise<number | null>,
-    head: (room, limit) =>
-      line.call(gen, "head", [room, limit]) as Promise<{ events: PendingEvent[]; retry: RoomRetry }>,
+    head: (room, limit, after) =>
+      line.call(gen, "head", [room, limit, after]) as Promise<{ events: PendingEvent[]; retry: RoomRetry }>,
     remove: (room, key, retry) => line.call(gen, "remove", [room, key, retry]).then(() => {}),
     failed: (room, retry) => line.call(gen, "failed", [room, retry]).then(() => {}),
     pending: () => line.call(gen, "pending") as Promise<number>,

@@ -103,6 +103,33 @@ export function outboxContract(name: string, make: () => Promise<OutboxUnderTest
       expect(await sut.outbox.pending()).toBe(0);
     });
 
+    it("head after a key skips the events up to it", async () => {
+      const room = freshRoom();
+      for (const n of [1, 2, 3, 4]) await sut.outbox.add(makeEvent(room, n));
+      const { events } = await sut.outbox.head(room, 10);
+      expect((await sut.outbox.head(room, 10, events[1]!.key)).events.map((e) => e.id)).toEqual([
+        `ev-${room}-3`,
+        `ev-${room}-4`,
+      ]);
+      expect((await sut.outbox.head(room, 1, events[1]!.key)).events.map((e) => e.id)).toEqual([`ev-${room}-3`]);
+      expect((await sut.outbox.head(room, 10, events[3]!.key)).events).toEqual([]);
+    });
+
+    it("remove takes every event up to and including the key, in one step", async () => {
+      const room = freshRoom();
+      for (const n of [1, 2, 3, 4]) await sut.outbox.add(makeEvent(room, n));
+      const { events } = await sut.outbox.head(room, 10);
+      await sut.outbox.remove(room, events[2]!.key, FRESH);
+      expect((await sut.outbox.head(room, 10)).events.map((e) => e.id)).toEqual([`ev-${room}-4`]);
+      expect(await sut.outbox.pending()).toBe(1);
+      // A key already removed changes nothing.
+      await sut.outbox.remove(room, events[1]!.key, FRESH);
+      expect(await sut.outbox.pending()).toBe(1);
+      await sut.outbox.remove(room, events[3]!.key, FRESH);
+      expect(await sut.outbox.pending()).toBe(0);
+      expect(await sut.outbox.due(Date.now(), 100)).not.toContain(room);
+    });
+
     it("a failed room waits until its retry time; other rooms stay due", async () => {
       const slow = freshRoom("slow");
       const fine = freshRoom("fine");

@@ -74,7 +74,7 @@ export class OutboxHost {
       case "nextDue":
         return outbox.nextDue();
       case "head":
-        return outbox.head(a as string, b as number);
+        return outbox.head(a as string, b as number, (c ?? undefined) as string | undefined);
       case "remove":
         return outbox.remove(a as string, b as string, c as RoomRetry);
       case "failed":
