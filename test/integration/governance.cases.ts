@@ -91,9 +91,16 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
       return { c, welcome };
     }
 
-    /** A seed-mode client with a token. */
+    /**
+     * A seed-mode client with a token, once it has joined (seed mode has no
+     * welcome: its own first message coming back shows it is in the room).
+     */
     async function seedMember(room: string, claims: Json): Promise<TestClient> {
-      return connect(`${gov.wsUrl}${q({ room, token: await token(claims) })}`);
+      const c = await connect(`${gov.wsUrl}${q({ room, token: await token(claims) })}`);
+      const text = `joined ${Math.random().toString(36).slice(2)}`;
+      c.send({ message: text });
+      await c.waitFor((f) => isMsg(f) && f.message === text);
+      return c;
     }
 
     /** Where the platform needs it (see {@link GovernanceCaps.closeSilent}), one frame from `c` and its answer. */
@@ -487,8 +494,8 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
         expect(res.status).toBe(201);
         const message = (res.body as { message: Json }).message;
         expect(message).toMatchObject({ type: "message", room, user: "system", message: "maintenance at 5" });
-        expect(await c.waitFor(isMsg)).toEqual(message);
-        expect(await seed.waitFor(isMsg)).toEqual(message);
+        expect(await c.waitFor((f) => isMsg(f) && f.id === message.id)).toEqual(message);
+        expect(await seed.waitFor((f) => isMsg(f) && f.id === message.id)).toEqual(message);
         expect((await restHistory(room)).map((m) => m.id)).toContain(message.id);
         // Into a room nobody is in: stored all the same.
         const empty = freshRoom();
