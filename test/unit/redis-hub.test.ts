@@ -9,6 +9,7 @@ import { type AppendPublish, type EpochCheck, RedisLog, type RedisLogOptions } f
 import { MemoryStore } from "../../src/store/memory.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
+import type { EventSink, HubEvent } from "../../src/webhooks/events.ts";
 import { FailingStore } from "../helpers/failing-store.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
 import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
@@ -51,7 +52,10 @@ interface Built {
 }
 
 /** `n` hubs sharing one Redis and one prefix, as `n` instances would. */
-async function makeRedisHubs(n: number, options: HubFactoryOptions & { presenceTtlMs?: number } = {}): Promise<Built> {
+async function makeRedisHubs(
+  n: number,
+  options: HubFactoryOptions & { presenceTtlMs?: number; events?: (hub: number) => EventSink } = {},
+): Promise<Built> {
   const prefix = uniquePrefix("hub");
   prefixes.push(prefix);
   const hubs: RedisHub[] = [];
@@ -81,6 +85,7 @@ async function makeRedisHubs(n: number, options: HubFactoryOptions & { presenceT
         logger: silentLogger,
         presenceTtlMs: options.presenceTtlMs ?? 6000,
         presenceIntervalMs: options.presenceIntervalMs ?? 0,
+        events: options.events?.(i) ?? null,
       }),
     );
   }
@@ -353,6 +358,53 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
       expect(Date.now() - t0).toBeLessThan(1000);
     } finally {
       await hub.close();
+    }
+  });
+
+  it("webhook events are decided once across instances: first and last connection of a name, each message action by its instance", async () => {
+    const seen: { hub: number; e: HubEvent }[] = [];
+    const built = await makeRedisHubs(3, { presenceTtlMs: 600, events: (hub) => (e) => seen.push({ hub, e }) });
+    const [a, b, c] = built.hubs as [RedisHub, RedisHub, RedisHub];
+    try {
+      const room = "events";
+      const of = (event: string) => seen.filter((s) => s.e.event === event);
+      const w = new Member(new FakeSocket(), "wes", "v1");
+      await a.join(room, w);
+      w.release(null, null);
+      // bob: two tabs on two instances, one more on the first: one joined.
+      const tabs = [new Member(new FakeSocket(), "bob", "v1"), new Member(new FakeSocket(), "bob", "v1")];
+      await b.join(room, tabs[0]!);
+      await c.join(room, tabs[1]!);
+      const third = new Member(new FakeSocket(), "bob", "v1");
+      await b.join(room, third);
+      expect(of("member.joined").map((s) => (s.e.data as { user: string }).user)).toEqual(["wes", "bob"]);
+      // Leaving all but one: nothing; the last one: one left.
+      b.leave(room, tabs[0]!);
+      c.leave(room, tabs[1]!);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(of("member.left")).toEqual([]);
+      b.leave(room, third);
+      for (let i = 0; i < 100 && of("member.left").length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(of("member.left").map((s) => s.e.data)).toEqual([{ user: "bob" }]);
+      // Messages: created once, by the publishing instance; edited and deleted once, by the acting one.
+      const m = await b.publish(room, null, { user: "api", message: "hello" });
+      await c.edit(room, m.id, "hello!");
+      await a.delete(room, m.id);
+      expect(of("message.created").map((s) => [s.hub, s.e.data])).toEqual([[1, m]]);
+      expect(of("message.edited").map((s) => [s.hub, (s.e.data as { message: string }).message])).toEqual([
+        [2, "hello!"],
+      ]);
+      expect(of("message.deleted").map((s) => [s.hub, s.e.data])).toEqual([[0, { id: m.id }]]);
+      // An instance dying: its names expire once, announced by one survivor.
+      const dora = new Member(new FakeSocket(), "dora", "v1");
+      await c.join(room, dora);
+      for (const client of built.clients[2]!) client.disconnect();
+      for (let i = 0; i < 200 && of("member.left").length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 400)); // more heartbeats: still once
+      expect(of("member.left").map((s) => s.e.data)).toEqual([{ user: "bob" }, { user: "dora" }]);
+      a.leave(room, w);
+    } finally {
+      await built.cleanup();
     }
   });
 });
