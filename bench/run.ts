@@ -47,6 +47,7 @@ const SCENARIOS: Record<string, () => Promise<ScenarioModule>> = {
   hostile: () => import("./hostile.ts"),
   workers: () => import("./workers.ts"),
   webhooks: () => import("./webhooks.ts"),
+  "governance-idle": () => import("./governance-idle.ts"),
 };
 
 /** A server the bench can start. `kind` says which baselines its ratios use. */
