@@ -453,6 +453,31 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", () => {
     expect([...mod.errors, ...mallory.errors, ...mod.dialogs, ...mallory.dialogs]).toEqual([]);
   });
 
+  it("keeps chatting past the token's expiry when the app's backend renews the cookie (4001, then a reconnect)", async () => {
+    const ada = await open("ada", "renew", { token: await token("ada") });
+    const grace = await open("grace", "renew", { token: await token("grace") });
+    await say(ada, "before expiry");
+    await expect.poll(() => texts(grace)).toEqual(["before expiry"]);
+    // A session on a token that ends in 10 s (signed now: page loads can be slow here).
+    const shortLived = await token("ada", { exp: Math.floor(Date.now() / 1000) + 10 });
+    await ada.context.addCookies([{ name: "token", value: shortLived, url: authed.url }]);
+    await ada.page.reload();
+    await ada.page.locator("#chat").waitFor({ state: "visible" });
+    await ada.page.locator("#banner").waitFor({ state: "hidden" });
+    await expect.poll(() => confirmedTexts(ada)).toEqual(["before expiry"]);
+    // What the backend does before exp: a fresh cookie. The open connection still runs on the old token.
+    await ada.context.addCookies([{ name: "token", value: await token("ada"), url: authed.url }]);
+    const sockets = ada.sockets;
+    // The server closes at exp (4001); the page reconnects and the handshake carries the new cookie.
+    await expect.poll(() => ada.sockets, { timeout: 15_000 }).toBe(sockets + 1);
+    await expect.poll(() => ada.page.locator("#banner.offline").count(), { timeout: 10_000 }).toBe(0);
+    await say(ada, "after expiry");
+    await expect.poll(() => texts(grace)).toEqual(["before expiry", "after expiry"]);
+    await expect.poll(() => confirmedTexts(ada)).toEqual(["before expiry", "after expiry"]);
+    expect(await ada.page.locator("#stopped").isHidden()).toBe(true);
+    expect([...ada.errors, ...grace.errors]).toEqual([]);
+  });
+
   for (const [width, height, size] of [
     [1000, 700, "desktop"],
     [390, 844, "phone"],
