@@ -463,6 +463,7 @@ function runAction(action: "edit" | "delete" | "ban", li: HTMLLIElement, button:
           (error: unknown) => {
             save.disabled = false;
             failure(form, error);
+            input.focus(); // the disabled button lost it
           },
         );
       });
@@ -493,6 +494,7 @@ function runAction(action: "edit" | "delete" | "ban", li: HTMLLIElement, button:
           (error: unknown) => {
             yes.disabled = false;
             failure(box, error);
+            yes.focus();
           },
         );
       });
@@ -525,13 +527,14 @@ function runAction(action: "edit" | "delete" | "ban", li: HTMLLIElement, button:
       owner.ban(author, seconds > 0 ? seconds : undefined).then(
         ({ until }) => {
           close();
-          notice(
-            `${author} is banned from this room ${until === null ? "until the ban is lifted" : `until ${dateFormat.format(new Date(until))}`}.`,
-          );
+          const text = `${author} is banned from this room ${until === null ? "until the ban is lifted" : `until ${dateFormat.format(new Date(until))}`}.`;
+          notice(text);
+          announce(text);
         },
         (error: unknown) => {
           yes.disabled = false;
           failure(form, error);
+          select.focus();
         },
       );
     });
