@@ -360,16 +360,6 @@ export function createChat(deps: AppDeps): Chat {
       const checked = await checkUpgrade(c, checks, logger, draining);
       if (isProblem(checked)) return c.json({ error: checked.error }, checked.status);
       const identity = deps.behindFront ? decodeIdentity(c.req.query("identity")) : checked.identity;
-      if (checked.name !== null) {
-        let until: number | null;
-        try {
-          until = await store.bannedUntil(checked.room, checked.name, Date.now());
-        } catch (error) {
-          logger.error({ room: checked.room, err: error }, "ban check failed");
-          return c.json({ error: "chat is unavailable, try again" }, 503);
-        }
-        if (until !== null) return c.json({ error: "banned", until: Number.isFinite(until) ? until : null }, 403);
-      }
       const address = keyOf(c);
       if (!deps.internalRequest?.(c)) {
         const refused = addresses.admit(address);
@@ -379,6 +369,17 @@ export function createChat(deps: AppDeps): Chat {
             logger.info({ address, reason: refused.error, more }, "refused a handshake (per-address limit)");
           return tooMany(c, refused.error, refused.retryAfterMs);
         }
+      }
+      // After the address's handshake charge: a banned user reconnecting in a loop is limited like anyone.
+      if (checked.name !== null) {
+        let until: number | null;
+        try {
+          until = await store.bannedUntil(checked.room, checked.name, Date.now());
+        } catch (error) {
+          logger.error({ room: checked.room, err: error }, "ban check failed");
+          return c.json({ error: "chat is unavailable, try again" }, 503);
+        }
+        if (until !== null) return c.json({ error: "banned", until: Number.isFinite(until) ? until : null }, 403);
       }
       const init: SessionInit = {
         room: checked.room,
