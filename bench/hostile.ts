@@ -98,11 +98,16 @@ export interface HostileRun {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const EIGHT_KB = "\u{1F600}".repeat(2000);
 /**
- * The invalid-frame attacker's pace. It shares a core with the load
- * generator here; unbounded, it would starve the generator, not the server.
- * The issue's row sent ~155,000 frames/s from a core of its own.
+ * The invalid-frame attacker's pace: the issue's row sent ~155,000 frames/s.
+ * The frames are written pre-framed to the TCP socket (a masked 1-byte text
+ * frame is 7 bytes; a zero masking key is legal), so the attacker, which
+ * shares a core with the load generator, costs that core little.
  */
-const INVALID_FRAMES_PER_SEC = 50_000;
+const INVALID_FRAMES_PER_SEC = 150_000;
+const INVALID_BATCH = 1000;
+const INVALID_CHUNK = Buffer.concat(
+  Array.from({ length: INVALID_BATCH }, () => Buffer.from([0x81, 0x81, 0, 0, 0, 0, 0x78])),
+);
 
 function open(
   url: string,
@@ -240,11 +245,12 @@ async function attacker(attack: Attack, port: number): Promise<void> {
         if (f.type === "error" && f.code === "invalid_json") stats.served++;
       });
       const start = Date.now();
+      const tcp = (ws as unknown as { _socket: { write(b: Buffer): boolean; writableLength: number } })._socket;
       while (!stopping && ws.readyState === WebSocket.OPEN) {
-        for (let i = 0; i < 500; i++) ws.send("x");
-        stats.framesSent += 500;
+        tcp.write(INVALID_CHUNK);
+        stats.framesSent += INVALID_BATCH;
         // Whatever the socket has not written yet is backpressure: wait for it.
-        while (!stopping && ws.bufferedAmount > 64 * 1024) await sleep(5);
+        while (!stopping && tcp.writableLength > 64 * 1024) await sleep(5);
         const ahead = stats.framesSent / INVALID_FRAMES_PER_SEC - (Date.now() - start) / 1000;
         await sleep(Math.max(0, ahead * 1000));
       }

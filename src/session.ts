@@ -10,7 +10,7 @@ import { type ChatSocket, type Hub, Member } from "./hub/hub.ts";
 import { type AddressLimits, type ChargeKind, ConnectionLimits, readCost, textCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
-import { Replies } from "./paging.ts";
+import { Replies, type ResumeRest, readResume } from "./paging.ts";
 import {
   type ClientFrame,
   CloseCode,
@@ -77,6 +77,16 @@ function exceedsBytes(text: string, max: number): boolean {
 
 type Inbound = string | ArrayBuffer | ArrayBufferView | Blob;
 
+/** True when `text` cannot be a JSON object: its first non-blank character is not `{`. */
+function notAnObject(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) continue;
+    return c !== 0x7b;
+  }
+  return true;
+}
+
 /**
  * One connection's life: join, welcome, every frame it sends (parse,
  * validate, rate-limit, act), and leave. Knows no runtime: it speaks to a
@@ -99,8 +109,11 @@ export class Session {
   #errorLines = 0;
   #errorsUnlogged = 0;
   #errorSummaryAt = 0;
-  /** Past the invalid-frame budget: one rate_limited was sent, the rest are dropped. */
-  #invalidMuted = false;
+  /**
+   * Past the invalid-frame budget: until this time (ms) every frame of the
+   * connection is dropped unread; 0 when not muted.
+   */
+  #mutedUntil = 0;
   readonly #limits: ParseLimits;
   #lastTyping = 0;
   readonly #openedAt = Date.now();
@@ -170,7 +183,7 @@ export class Session {
         return;
       }
       if (mode === "v1") {
-        const welcome = await this.#welcome(users);
+        const { welcome, rest } = await this.#welcome(users);
         // A welcome of large messages is charged to the address by its size
         // (beyond one unit, at most ten): reconnecting into a room of 8 KB
         // messages in a loop costs like the history reads it is.
@@ -181,7 +194,7 @@ export class Session {
           historyUnavailable: () => this.#error("unavailable", "history is unavailable, try again"),
         });
         // The first page now; the rest, then the held live frames, as the client reads.
-        this.#replies.welcome(welcome);
+        this.#replies.welcome(welcome, rest);
       } else {
         member.release(null, null);
       }
@@ -201,7 +214,8 @@ export class Session {
     for (const data of inbox) this.message(data);
   }
 
-  async #welcome(users: string[]): Promise<WelcomeFrame> {
+  /** The welcome, and where a resume's history goes on when it was not read whole. */
+  async #welcome(users: string[]): Promise<{ welcome: WelcomeFrame; rest: ResumeRest | null }> {
     const { store, config } = this.deps;
     const { room, name, since } = this.init;
     const welcome: WelcomeFrame = { type: "welcome", room, user: name, users, history: [] };
@@ -209,15 +223,17 @@ export class Session {
     if (since === null) {
       welcome.history = await store.latest(room, config.welcomeHistory);
     } else if (isMessageId(since)) {
-      const resumed = await store.since(room, since, config.resumeLimit);
+      // Only its start is read now when the store can (src/paging.ts): the rest is paged.
+      const resumed = await readResume(store, room, since, config.resumeLimit);
       welcome.history = resumed.messages;
       welcome.recovered = resumed.complete;
+      return { welcome, rest: resumed.rest };
     } else {
       // Not an id this server could have given: a gap we cannot measure.
       welcome.history = await store.latest(room, config.welcomeHistory);
       welcome.recovered = false;
     }
-    return welcome;
+    return { welcome, rest: null };
   }
 
   /** Keeps a frame for after the welcome, within the inbox bounds. */
@@ -255,21 +271,19 @@ export class Session {
 
   /**
    * Answers an invalid frame, within the connection's `invalid` budget
-   * (1000 at once, 100/s). Past it, one `rate_limited` says so and the
-   * rest are dropped unanswered until the budget is back: a flood of bad
-   * frames then costs the server their parsing only.
+   * (1000 at once, 100/s). Past it, `rate_limited` (with `retryAfterMs`)
+   * says so, and every frame of the connection is dropped unread for that
+   * long: a failed JSON.parse costs ~20 µs (the exception), so a flood of
+   * bad frames must not be parsed one by one.
    */
   #invalid(code: ErrorCode, message: string, cid?: string): void {
     const wait = this.#rate.charge("invalid", 1);
     if (wait === 0) {
-      this.#invalidMuted = false;
       this.#error(code, message, cid);
       return;
     }
-    this.deps.metrics.errorSent("rate_limited");
-    if (this.#invalidMuted) return;
-    this.#invalidMuted = true;
-    this.#error("rate_limited", "too many invalid frames; they are dropped unanswered for now", cid, wait);
+    this.#mutedUntil = Date.now() + wait;
+    this.#error("rate_limited", "too many invalid frames; every frame is dropped for retryAfterMs", cid, wait);
   }
 
   /** Handles one frame from the client. */
@@ -283,6 +297,10 @@ export class Session {
     // Not open: the join failed, or the client is being closed for not reading.
     if (!member?.open) return;
     this.#received++;
+    if (this.#mutedUntil !== 0) {
+      if (Date.now() < this.#mutedUntil) return;
+      this.#mutedUntil = 0;
+    }
     const { config } = this.deps;
     if (typeof data !== "string") {
       const size = data instanceof Blob ? data.size : data.byteLength;
@@ -297,6 +315,11 @@ export class Session {
     // this check; on Node and Bun the socket already closed with 1009.
     if (exceedsBytes(data, config.maxFrameBytes)) {
       member.socket.close(CloseCode.MessageTooBig, "frame too large");
+      return;
+    }
+    // Not an object at all: refused without JSON.parse, whose exception is the costly part.
+    if (notAnObject(data)) {
+      this.#invalid("invalid_json", "frame must be a JSON object");
       return;
     }
     const parsed = parseClientFrame(data, this.init.mode, member.name === null, this.#limits);
