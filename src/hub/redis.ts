@@ -17,7 +17,7 @@ import type { Config } from "../config.ts";
 import type { Logger } from "../observability/logger.ts";
 import { type ChatMessage, CloseCode, type DeletedFrame, type EditedFrame, serialize } from "../protocol.ts";
 import { RedisBroker } from "../redis/broker.ts";
-import { createRedisClient, waitReady } from "../redis/client.ts";
+import { createRedisClient, createRedisCluster, waitReady } from "../redis/client.ts";
 import { type ChannelMessage, encode, parseMessageText } from "../redis/codec.ts";
 import { RedisLog } from "../redis/log.ts";
 import { type PresenceChange, RedisPresence, type ServedRoom } from "../redis/presence.ts";
@@ -343,8 +343,10 @@ export class RedisHub implements Hub {
     for (const p of this.#pending.values()) p.delivered();
     this.#pending.clear();
     if (this.#owns) {
+      // One client for both on a cluster.
+      const clients = this.#sub === this.#redis ? [this.#redis] : [this.#sub, this.#redis];
       await Promise.all(
-        [this.#sub, this.#redis].map((c) =>
+        clients.map((c) =>
           c.status === "ready" ? c.quit().catch(() => c.disconnect()) : Promise.resolve(c.disconnect()),
         ),
       );
@@ -370,8 +372,15 @@ export async function createRedisParts(
 ): Promise<{ hub: Hub; store: HistoryStore }> {
   const instanceId = globalThis.crypto.randomUUID().slice(0, 13);
   const timeout = { commandTimeoutMs: config.redisCommandTimeoutMs };
-  const redis = createRedisClient(config.redisUrl, { ...timeout, name: `chat-${instanceId}` });
-  const subscriber = createRedisClient(config.redisUrl, { ...timeout, name: `chat-${instanceId}-sub` });
+  let redis: Redis | Cluster;
+  let subscriber: Redis | Cluster;
+  if (config.redisCluster) {
+    redis = createRedisCluster(config.redisUrl, { ...timeout, name: `chat-${instanceId}` });
+    subscriber = redis;
+  } else {
+    redis = createRedisClient(config.redisUrl, { ...timeout, name: `chat-${instanceId}` });
+    subscriber = createRedisClient(config.redisUrl, { ...timeout, name: `chat-${instanceId}-sub` });
+  }
   const log = new RedisLog(redis, {
     limit: config.historyLimit,
     prefix: config.redisPrefix,

@@ -121,7 +121,32 @@ export class RedisBroker {
     this.#catchUpLimit = options.catchUpLimit ?? 1000;
     const onMessage = (channel: string, payload: string) => this.#onMessage(channel, payload);
     this.#sub.on(this.#sharded ? "smessage" : "message", onMessage);
-    this.#sub.on("ready", () => void this.#resubscribe());
+    if (this.#sharded) {
+      // A cluster client subscribes again by itself after a failover; what
+      // was published meanwhile is read from the streams once it says so.
+      // Until then, what arrives waits behind that catch-up.
+      const lost = () => {
+        for (const r of this.#rooms.values()) if (r.live) r.syncing ??= [];
+      };
+      this.#sub.on("-node", lost);
+      this.#sub.on("-subscriber", lost);
+      this.#sub.on("close", lost);
+      this.#sub.on("subscribersReady", () => {
+        // ioredis issues the SSUBSCRIBEs without waiting for them: read a
+        // moment later, so nothing falls between the read and the subscription.
+        setTimeout(() => void this.#catchUpAll(), 250);
+      });
+    } else {
+      this.#sub.on("ready", () => void this.#resubscribe());
+    }
+  }
+
+  /** Catches up every room whose messages wait behind a catch-up. */
+  async #catchUpAll(): Promise<void> {
+    const rooms = [...this.#rooms.values()].filter((r) => r.live && r.syncing !== null);
+    if (rooms.length === 0 || this.#closed) return;
+    this.#logger.info({ rooms: rooms.length }, "cluster subscriptions moved; catching up");
+    await Promise.all(rooms.map((r) => this.#catchUp(r)));
   }
 
   /** Where delivered messages go (the hub, set once). */
@@ -135,7 +160,9 @@ export class RedisBroker {
   }
 
   #subscribe(...channels: string[]): Promise<unknown> {
-    return this.#sharded ? this.#sub.ssubscribe(...channels) : this.#sub.subscribe(...channels);
+    // A cluster routes an SSUBSCRIBE by slot: one channel (one room) per call.
+    if (this.#sharded) return Promise.all(channels.map((c) => this.#sub.ssubscribe(c)));
+    return this.#sub.subscribe(...channels);
   }
 
   /** Publishes a channel message (codec.ts) on the room's channel. */

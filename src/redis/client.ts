@@ -3,7 +3,7 @@
  * of queueing, so a message is either stored now or its sender hears
  * `unavailable` now.
  */
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 
 /** Options for {@link createRedisClient}. */
 export interface RedisClientOptions {
@@ -35,6 +35,40 @@ export function clientOptions(options: RedisClientOptions = {}) {
 /** A client to one Redis that reconnects by itself every 100 ms to 1 s. */
 export function createRedisClient(url: string, options: RedisClientOptions = {}): Redis {
   return new Redis(url, clientOptions(options));
+}
+
+/**
+ * A client to a Redis Cluster (REDIS_CLUSTER): `url` names any node, the
+ * client learns the others (CLUSTER SLOTS) and follows failovers itself.
+ *
+ * Sharded pub/sub is ioredis' own (`shardedSubscribers`): one subscriber
+ * connection per master, SSUBSCRIBE routed by slot, and after a topology
+ * change (a failover) the channels are subscribed again on the new masters,
+ * after which it emits `subscribersReady` (the broker then reads what was
+ * published meanwhile from the streams). One client serves commands and
+ * subscriptions: the subscriber connections are separate inside it.
+ */
+export function createRedisCluster(url: string, options: RedisClientOptions = {}): Cluster {
+  const u = new URL(url);
+  const node = clientOptions(options);
+  return new Cluster([{ host: u.hostname, port: Number(u.port || 6379) }], {
+    shardedSubscribers: true,
+    // As for one Redis: fail at once while the cluster is not ready.
+    enableOfflineQueue: false,
+    clusterRetryStrategy: (attempt: number) => Math.min(attempt * 100, 1000),
+    // MOVED/ASK/TRYAGAIN/CLUSTERDOWN replies mean the command did not run: those are retried.
+    retryDelayOnFailover: 100,
+    retryDelayOnClusterDown: 100,
+    retryDelayOnTryAgain: 100,
+    maxRedirections: 16,
+    slotsRefreshTimeout: options.commandTimeoutMs ?? 2000,
+    redisOptions: {
+      ...node,
+      ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+      ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+      ...(u.protocol === "rediss:" ? { tls: {} } : {}),
+    },
+  });
 }
 
 /** Anything with ioredis' connection status and events (a Redis or a Cluster). */
