@@ -50,6 +50,14 @@ export interface WebhookDeliveryOptions {
   pollMs?: number;
   /** Several instances share the outbox: deliver only while holding this. @default null (always) */
   lease?: Lease | null;
+  /**
+   * How long a room's worker that caught up waits for the room's next event
+   * before it gives its slot back: a busy room keeps one worker (no start,
+   * no outbox scan per event) and its delivered events leave the outbox in
+   * batches. 0 ends workers at once (the Durable Object's alarm pass).
+   * @default 50
+   */
+  lingerMs?: number;
   /** How often the pending gauge is sampled. @default 5000 */
   gaugeMs?: number;
   /** How a POST goes out (Node: nodePost, cheaper than fetch). @default fetchPost */
@@ -84,6 +92,10 @@ export class WebhookDelivery {
   readonly #sign: (body: string) => string | Promise<string>;
   /** Rooms being delivered now, and their workers. */
   readonly #active = new Map<string, Promise<void>>();
+  /** Workers that caught up and wait for their room's next event: told true (more) or false (give up the slot). */
+  readonly #lingering = new Map<string, (more: boolean) => void>();
+  /** Rooms that got an event while their worker was busy: it looks again before it lingers. */
+  readonly #dirty = new Set<string>();
   /** Requests in flight, aborted by a stop. */
   readonly #inFlight = new Set<AbortController>();
   #running: Promise<void> | null = null;
@@ -104,6 +116,7 @@ export class WebhookDelivery {
       giveUpAfterMs: 86_400_000,
       pollMs: 1000,
       gaugeMs: 5000,
+      lingerMs: 50,
       post: fetchPost,
       random: Math.random,
       ...options,
@@ -124,8 +137,18 @@ export class WebhookDelivery {
     this.#running = this.#loop();
   }
 
-  /** An event was added here: look for due rooms now rather than at the next poll. */
-  notify(): void {
+  /**
+   * An event was added here (to `room`): its room's worker, if one runs,
+   * reads it next; otherwise the loop looks for due rooms now rather than at
+   * the next poll.
+   */
+  notify(room?: string): void {
+    if (room !== undefined && this.#active.has(room)) {
+      const lingering = this.#lingering.get(room);
+      if (lingering) lingering(true);
+      else this.#dirty.add(room);
+      return;
+    }
     const wake = this.#wake;
     if (wake) wake();
     else this.#woken = true;
@@ -155,6 +178,7 @@ export class WebhookDelivery {
   async stop(graceMs = 1000): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    this.#endLingers();
     this.notify();
     if (this.#timer) clearTimeout(this.#timer);
     const workers = Promise.all(this.#active.values());
@@ -187,7 +211,14 @@ export class WebhookDelivery {
   async #fill(): Promise<number> {
     if (this.#stopped) return 0;
     const free = this.#o.concurrency - this.#active.size;
-    if (free <= 0) return 0;
+    if (free <= 0) {
+      // Every slot is taken: workers waiting for their room's next event give theirs up if another room is due.
+      if (this.#lingering.size > 0) {
+        const due = await this.#o.outbox.due(Date.now(), this.#active.size + 1);
+        if (due.some((room) => !this.#active.has(room))) this.#endLingers();
+      }
+      return 0;
+    }
     if (this.#o.lease) {
       this.#leaseHeld = await this.#o.lease.hold();
       if (!this.#leaseHeld) return 0;
@@ -210,6 +241,25 @@ export class WebhookDelivery {
       this.#active.set(room, worker);
     }
     return started;
+  }
+
+  #endLingers(): void {
+    for (const end of [...this.#lingering.values()]) end(false);
+  }
+
+  /** Waits (at most lingerMs) for the room's next event: true when one came. */
+  #linger(room: string): Promise<boolean> {
+    if (this.#dirty.delete(room)) return Promise.resolve(true);
+    if (this.#stopped || this.#o.lingerMs <= 0) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const end = (more: boolean) => {
+        clearTimeout(timer);
+        this.#lingering.delete(room);
+        resolve(more);
+      };
+      const timer = setTimeout(() => end(false), this.#o.lingerMs);
+      this.#lingering.set(room, end);
+    });
   }
 
   /** How long the loop may sleep: until the next retry is due, at most a poll. */
@@ -270,10 +320,11 @@ export class WebhookDelivery {
     };
     try {
       let { events, retry } = await outbox.head(room, this.#o.pageSize);
-      while (events.length > 0) {
+      if (events.length === 0) return;
+      for (;;) {
         // The stored state is older than a delivery this worker has not removed yet.
         if (delivered !== null) retry = { ...FRESH };
-        if (retry.nextAt > Date.now()) return;
+        if (events.length > 0 && retry.nextAt > Date.now()) return;
         for (const event of events) {
           if (this.#stopped) return;
           if (lease && !(await lease.hold())) {
@@ -288,7 +339,7 @@ export class WebhookDelivery {
             retry = { ...FRESH };
             delivered = event.key;
             if (unremoved++ === 0) firstUnremovedAt = Date.now();
-            if (unremoved >= REMOVE_EVERY || Date.now() - firstUnremovedAt >= REMOVE_AFTER_MS) await removeDelivered();
+            if (unremoved >= REMOVE_EVERY) await removeDelivered();
             continue;
           }
           await removeDelivered();
@@ -303,7 +354,9 @@ export class WebhookDelivery {
             );
             metrics.webhookFailed();
             retry = { attempts, failingSince, nextAt: 0 };
+            delivered = event.key;
             await outbox.remove(room, event.key, retry);
+            delivered = null;
             continue;
           }
           retry = { attempts, failingSince, nextAt: now + this.#backoff(attempts) };
@@ -314,10 +367,15 @@ export class WebhookDelivery {
           await outbox.failed(room, retry);
           return;
         }
+        if (unremoved > 0 && Date.now() - firstUnremovedAt >= REMOVE_AFTER_MS) await removeDelivered();
+        // A short page means the room had no more when it was read: wait a little for its next event.
+        const more = events.length < this.#o.pageSize ? await this.#linger(room) : true;
         // The next page starts after what was delivered, removed or not yet.
         ({ events, retry } = await outbox.head(room, this.#o.pageSize, delivered ?? undefined));
+        if (events.length === 0 && (!more || this.#stopped)) return;
       }
     } finally {
+      this.#dirty.delete(room);
       await removeDelivered();
     }
   }

@@ -50,6 +50,8 @@ export class DurableWebhooks {
       metrics,
       // One room per object: its events go one at a time anyway.
       concurrency: 1,
+      // An alarm pass ends when the room is caught up (the next event sets the alarm again).
+      lingerMs: 0,
       ...options,
     });
   }

@@ -22,8 +22,9 @@ export function nodeSigner(secret: string): (body: string) => string {
 /** @param maxSockets connections kept to the receiver (the loop's concurrency) */
 export function nodePost(maxSockets: number): WebhookPost {
   const agents = {
-    "http:": new HttpAgent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets }),
-    "https:": new HttpsAgent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets }),
+    // noDelay: a request is one small write; Nagle would hold it for the receiver's delayed ACK (~40 ms).
+    "http:": new HttpAgent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets, noDelay: true }),
+    "https:": new HttpsAgent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets, noDelay: true }),
   };
   const once = (url: URL, headers: Record<string, string>, body: string, signal: AbortSignal) =>
     new Promise<{ status: number } | { error: Error; retry: boolean }>((resolve) => {

@@ -22,10 +22,6 @@ interface RoomRow {
   next_at: number | bigint;
 }
 
-// As SqliteStore: one flush per event-loop turn collects every event of the turn.
-const schedule: (fn: () => void) => void =
-  typeof globalThis.setImmediate === "function" ? (fn) => globalThis.setImmediate(fn) : (fn) => setTimeout(fn, 0);
-
 /**
  * The outbox as two tables beside the history (HISTORY=sqlite: in the same
  * file; on Workers: in the room's Durable Object SQL storage, through
@@ -36,8 +32,11 @@ const schedule: (fn: () => void) => void =
  * - `webhook_rooms`: one row per room with events, holding its retry state;
  *   the `next_at` index answers "which rooms are due" without reading events.
  *
- * Adds are batched like the history's appends: all events of one event-loop
- * turn go in one transaction.
+ * Adds are batched: the events of `batchMs` go in one transaction (a commit
+ * per event cost about 0.2 ms of CPU each on the bench machine, a fifth of
+ * the whole delivery), so at 1000 events/s a commit carries about five.
+ * Events are stored after their action took effect anyway; the window only
+ * widens what a crash in it can lose.
  */
 export class SqliteOutbox implements Outbox {
   readonly #db: SqliteDatabase;
@@ -53,17 +52,21 @@ export class SqliteOutbox implements Outbox {
   readonly #setRoom: SqliteStatement;
   readonly #deleteRoom: SqliteStatement;
   readonly #count: SqliteStatement;
+  readonly #batchMs: number;
   #pending: Pending | null = null;
+  #timer: ReturnType<typeof setTimeout> | null = null;
   #closed = false;
 
   /**
    * @param db an open database: the history's file opened a second time, or a
    *   Durable Object's storage
    * @param owns close `db` on close @default true
+   * @param batchMs how long adds gather before their one commit @default 5
    */
-  constructor(db: SqliteDatabase, owns = true) {
+  constructor(db: SqliteDatabase, owns = true, batchMs = 5) {
     this.#db = db;
     this.#owns = owns;
+    this.#batchMs = batchMs;
     db.exec("PRAGMA journal_mode = WAL");
     db.exec("PRAGMA synchronous = NORMAL");
     db.exec("PRAGMA busy_timeout = 2000");
@@ -109,7 +112,7 @@ export class SqliteOutbox implements Outbox {
         reject = rej;
       });
       this.#pending = { events: [], done, resolve, reject };
-      schedule(() => this.#commit());
+      this.#timer = setTimeout(() => this.#commit(), this.#batchMs);
     }
     this.#pending.events.push(event);
     return this.#pending.done;
@@ -119,6 +122,8 @@ export class SqliteOutbox implements Outbox {
     const batch = this.#pending;
     if (!batch) return;
     this.#pending = null;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
     try {
       this.#transaction(() => {
         for (const e of batch.events) {

@@ -35,16 +35,18 @@ export interface WebhookDeps {
  * outbox could not take (its backend is down) is logged as lost: the action
  * itself has happened and is not undone.
  */
-export function outboxSink(outbox: Outbox, delivery: { notify(): void }, logger: Logger): EventSink {
-  const stored = () => delivery.notify();
+export function outboxSink(outbox: Outbox, delivery: { notify(room?: string): void }, logger: Logger): EventSink {
   return (e) => {
     const event = toWebhookEvent(e);
-    outbox.add(event).then(stored, (error: unknown) => {
-      logger.error(
-        { err: error, room: e.room, event: e.event, id: event.id },
-        "webhook event could not be stored; lost",
-      );
-    });
+    outbox.add(event).then(
+      () => delivery.notify(e.room),
+      (error: unknown) => {
+        logger.error(
+          { err: error, room: e.room, event: e.event, id: event.id },
+          "webhook event could not be stored; lost",
+        );
+      },
+    );
   };
 }
 

@@ -192,6 +192,24 @@ describe.each([
     expect((await outbox.head(stuck, 10)).events).toHaveLength(2);
   });
 
+  it("a worker waiting for its room's next event gives its slot up when another room is due", async () => {
+    const to = await receiver(() => 200);
+    const outbox = new MemoryOutbox();
+    // One slot, and a linger far longer than the test: only giving the slot up lets room b through.
+    const d = delivery(outbox, to, { concurrency: 1, lingerMs: 600_000 });
+    d.start();
+    const sink = outboxSink(outbox, d, silentLogger);
+    const [a, b] = [freshRoom("a"), freshRoom("b")];
+    sink({ event: "member.joined", room: a, data: { user: "x" } });
+    await to.until(() => to.accepted().length === 1, undefined, "room a");
+    sink({ event: "member.joined", room: b, data: { user: "y" } });
+    await to.until(() => to.accepted().length === 2, undefined, "room b");
+    // Room a's worker, if it still waits, takes room a's next event.
+    sink({ event: "member.left", room: a, data: { user: "x" } });
+    await to.until(() => to.accepted().length === 3, undefined, "room a again");
+    expect(to.accepted().map((r) => r.event.room)).toEqual([a, b, a]);
+  });
+
   it("never more requests in flight than the concurrency", async () => {
     // The receiver never answers: each request stays open until the loop's timeout aborts it.
     const to = await receiver(() => "hang");
