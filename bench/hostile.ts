@@ -81,6 +81,8 @@ export interface AttackStats {
   victimPresenceFrames: number;
   victims: number;
   ms: number;
+  /** The attacker process's own CPU, share of one core (it shares the load generator's core). */
+  cpuPercent: number;
 }
 
 /** One measured run. */
@@ -141,12 +143,15 @@ async function attacker(attack: Attack, port: number): Promise<void> {
     victimPresenceFrames: 0,
     victims: 0,
     ms: 0,
+    cpuPercent: 0,
   };
   const t0 = Date.now();
   let stopping = false;
   const victims: WebSocket[] = [];
   const done = () => {
     stats.ms = Date.now() - t0;
+    const cpu = process.cpuUsage();
+    stats.cpuPercent = Math.round(((cpu.user + cpu.system) / 1000 / stats.ms) * 100);
     for (const v of victims) v.terminate();
     process.stdout.write(`${JSON.stringify(stats)}\n`);
     process.exit(0);
@@ -393,6 +398,10 @@ const ATTACK_NAMES: Record<Attack, string> = {
 
 function attackerCell(s: AttackStats | null, attack: Attack): string {
   if (!s) return attack === "none" ? "" : "no stats";
+  return `${attackerWhat(s, attack)} (attacker CPU ${s.cpuPercent}%)`;
+}
+
+function attackerWhat(s: AttackStats, attack: Attack): string {
   const secs = s.ms / 1000;
   const per = (n: number) => `${fmt(n / secs, 1)}/s`;
   switch (attack) {
@@ -421,8 +430,8 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
   const out: string[] = [
     `### Hostile (${o.clients} normal clients, ${Math.min(100, o.clients / 2)} senders x 1 msg/s for ${o.durationMs} ms; one attacking address; production limits; median of ${ctx.runs} run(s))`,
     "",
-    "| runtime | attack | normal lost | p99 ms | p99 vs no attack | server µs/delivery | server log lines | the attacker got |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| runtime | attack | normal lost | p99 ms | p99 vs no attack | server µs/delivery | server / load CPU % | server log lines | the attacker got |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   let pass = true;
   for (const runtime of o.runtimes) {
@@ -438,7 +447,7 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
       if (attack !== "none" && (lost > 0 || ratioP99 > 2)) pass = false;
       const last = mine.at(-1)!;
       out.push(
-        `| ${runtime} | ${ATTACK_NAMES[attack]} | ${lost} of ${fmt(median(mine.map((r) => r.load.expected)))} | ${fmt(p99, 1)} | ${attack === "none" ? "" : `${fmt(ratioP99, 2)}x`} | ${fmt(median(mine.map((r) => r.load.serverCpuMicrosPerDelivery ?? Number.NaN)), 2)} | ${fmt(median(mine.map((r) => r.logLines)))} | ${attackerCell(last.stats, attack)} |`,
+        `| ${runtime} | ${ATTACK_NAMES[attack]} | ${lost} of ${fmt(median(mine.map((r) => r.load.expected)))} | ${fmt(p99, 1)} | ${attack === "none" ? "" : `${fmt(ratioP99, 2)}x`} | ${fmt(median(mine.map((r) => r.load.serverCpuMicrosPerDelivery ?? Number.NaN)), 2)} | ${fmt(median(mine.map((r) => r.load.serverCpuPercent ?? Number.NaN)))} / ${fmt(median(mine.map((r) => r.load.loadgenCpuPercent ?? Number.NaN)))} | ${fmt(median(mine.map((r) => r.logLines)))} | ${attackerCell(last.stats, attack)} |`,
       );
     }
   }
