@@ -134,8 +134,12 @@ class PageSource {
   }
 
   async #refill(): Promise<void> {
-    const until = this.#until as string;
-    const cursor = this.#cursor as string;
+    const until = this.#until;
+    const cursor = this.#cursor;
+    if (until === null || cursor === null) {
+      this.#readAll = true;
+      return;
+    }
     const count = Math.max(1, Math.min(500, Math.ceil(this.readAhead / this.#avg)));
     const read = await this.store.after(this.room, cursor, count);
     const list = read.messages;

@@ -102,6 +102,7 @@ export class SqliteStore implements HistoryStore {
   readonly #after: SqliteStatement;
   readonly #afterNewest: SqliteStatement;
   readonly #has: SqliteStatement;
+  readonly #nthAfter: SqliteStatement;
   readonly #lastId: SqliteStatement;
   readonly #get: SqliteStatement;
   readonly #edit: SqliteStatement;
@@ -191,6 +192,10 @@ export class SqliteStore implements HistoryStore {
       `SELECT ${cols} FROM messages WHERE room = ? AND id > ? AND ${live} ORDER BY id DESC LIMIT ?`,
     );
     this.#has = db.prepare("SELECT 1 AS found FROM messages WHERE room = ? AND id = ? AND ts >= ?");
+    // The id just before the newest N after an id: walks the index, makes no strings of the texts.
+    this.#nthAfter = db.prepare(
+      `SELECT id FROM messages WHERE room = ? AND id > ? AND ${live} ORDER BY id DESC LIMIT 1 OFFSET ?`,
+    );
     this.#lastId = db.prepare("SELECT id FROM messages WHERE room = ? ORDER BY id DESC LIMIT 1");
     this.#get = db.prepare(`SELECT ${cols} FROM messages WHERE room = ? AND id = ? AND ${live}`);
     this.#edit = db.prepare("UPDATE messages SET message = ?, edited = ? WHERE room = ? AND id = ?");
@@ -324,6 +329,24 @@ export class SqliteStore implements HistoryStore {
     if (rows.length <= limit) return { messages: rows.map(toMessage), complete: known };
     const newest = (this.#afterNewest.all(room, since, cutoff, limit) as Row[]).reverse();
     return { messages: newest.map(toMessage), complete: false };
+  }
+
+  async sinceFirst(
+    room: string,
+    since: string,
+    limit: number,
+    page: number,
+  ): Promise<ResumeResult & { more: boolean }> {
+    const cutoff = this.#cutoff();
+    const known = this.#has.get(room, since, cutoff) != null;
+    // More than `limit` follow: the resume starts after the one just before the newest `limit`.
+    const cut = this.#nthAfter.get(room, since, cutoff, limit) as { id: string } | null | undefined;
+    const from = cut?.id ?? since;
+    const take = Math.max(1, page);
+    const rows = this.#after.all(room, from, cutoff, take + 1) as Row[];
+    const more = rows.length > take;
+    if (more) rows.pop();
+    return { messages: rows.map(toMessage), complete: known && !cut, more };
   }
 
   async after(room: string, after: string, limit: number): Promise<PageResult> {

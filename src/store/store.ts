@@ -67,6 +67,14 @@ export interface HistoryStore {
    * newest `limit` are returned and `complete` is false.
    */
   since(room: string, since: string, limit: number): Promise<ResumeResult>;
+  /**
+   * Optional: the oldest `page` messages of what `since(room, since, limit)`
+   * returns, and its `complete`, without reading the rest (`more`: the rest
+   * is then read with `after`). A store whose `since` must read every message
+   * (SQLite: a resume of 1000 messages of 8 KB is 8 MB of strings made in one
+   * synchronous call) implements it; without it a resume calls `since`.
+   */
+  sinceFirst?(room: string, since: string, limit: number, page: number): Promise<ResumeResult & { more: boolean }>;
   /** Up to `limit` messages after `after` (exclusive), OLDEST first; `more` when others follow. */
   after(room: string, after: string, limit: number): Promise<PageResult>;
   /** One message, or null (unknown, deleted or pruned). */

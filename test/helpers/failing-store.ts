@@ -14,7 +14,13 @@ export class FailingStore implements HistoryStore {
   failAppends: FailMode = "none";
   failReads = false;
 
-  constructor(readonly inner: HistoryStore) {}
+  /** Present when the inner store has it, so paging takes the same path as with that store. */
+  readonly sinceFirst?: HistoryStore["sinceFirst"];
+
+  constructor(readonly inner: HistoryStore) {
+    const sinceFirst = inner.sinceFirst?.bind(inner);
+    if (sinceFirst) this.sinceFirst = (...args) => this.#read(() => sinceFirst(...args));
+  }
 
   append(message: ChatMessage): void | Promise<void> {
     if (this.failAppends === "throw") throw new Error("store unavailable (test)");

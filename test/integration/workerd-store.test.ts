@@ -88,6 +88,8 @@ function remoteStore(line: StoreLine, gen: number): HistoryStore {
     latest: (room, limit) => line.call(gen, "latest", [room, limit]) as Promise<ChatMessage[]>,
     before: (room, before, limit) => line.call(gen, "before", [room, before, limit]) as Promise<ChatMessage[]>,
     since: (room, since, limit) => line.call(gen, "since", [room, since, limit]) as Promise<ResumeResult>,
+    sinceFirst: (room, since, limit, page) =>
+      line.call(gen, "sinceFirst", [room, since, limit, page]) as Promise<ResumeResult & { more: boolean }>,
     after: (room, after, limit) => line.call(gen, "after", [room, after, limit]) as Promise<PageResult>,
     get: (room, id) => line.call(gen, "get", [room, id]) as Promise<ChatMessage | null>,
     edit: (room, id, message, edited) =>

@@ -257,6 +257,27 @@ export function storeContract(name: string, makeStore: MakeStore): void {
       expect(await store.after(freshRoom(), cursor, 10)).toEqual({ messages: [], more: false });
     });
 
+    it("sinceFirst (where a store has it) is the start of what since returns, with the same complete", async (ctx) => {
+      if (!store.sinceFirst) return ctx.skip("this store has no sinceFirst (resumes read with since)");
+      const all = range(0, 12);
+      await appendAll(store, all);
+      await store.delete(room, all[5]!.id);
+      const unknown = formatMessageId(BASE + 3, 999_999);
+      for (const since of [all[0]!.id, all[2]!.id, all[5]!.id, all[11]!.id, unknown, formatMessageId(BASE - 5, 0)]) {
+        for (const limit of [3, 10, 100]) {
+          const full = await store.since(room, since, limit);
+          for (const page of [1, 2, 4, 50]) {
+            const first = await store.sinceFirst(room, since, limit, page);
+            expect(first, `since ${since} limit ${limit} page ${page}`).toEqual({
+              messages: full.messages.slice(0, page),
+              complete: full.complete,
+              more: full.messages.length > page,
+            });
+          }
+        }
+      }
+    });
+
     it("get returns one message of the room, or null", async () => {
       const all = range(0, 5);
       const other = freshRoom();

@@ -32,6 +32,7 @@ export interface StoreCall {
     | "before"
     | "since"
     | "after"
+    | "sinceFirst"
     | "get"
     | "edit"
     | "delete"
@@ -110,6 +111,8 @@ export class StoreHost {
         return store.before(a as string, b as string, c as number);
       case "since":
         return store.since(a as string, b as string, c as number);
+      case "sinceFirst":
+        return store.sinceFirst(a as string, b as string, c as number, d as number);
       case "after":
         return store.after(a as string, b as string, c as number);
       case "get":
