@@ -107,6 +107,12 @@ export interface LoadResult {
   serverCpuMicrosPerDelivery: number | null;
   /** Frames received that carried no bench payload (welcome, presence, errors). */
   otherFrames: number;
+  /**
+   * Server CPU time spent per connection opened (handshake, join, welcome),
+   * in µs: steadier than connect time on a busy machine. (Clock ticks are
+   * 10 ms, so a few hundred connections are needed for a useful number.)
+   */
+  connectCpuMicrosPerConn: number | null;
   /** The client used. */
   client: string;
   /**
@@ -505,7 +511,10 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
 
   // --- connect, `concurrency` attempts at a time, within connectTimeoutMs ---
   const rssBeforeKiB = rssKiB(spec.serverPid);
+  const connectCpuStart = cpuMs(spec.serverPid);
   let connectErrors = 0;
+  /** The first few distinct reasons a connection failed. */
+  const connectReasons = new Set<string>();
   let next = 0;
   const connectStart = performance.now();
   const deadline = connectStart + connectTimeoutMs;
@@ -519,15 +528,20 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
             throw new Error("connect timed out");
           }),
         ]);
-      } catch {
+      } catch (error) {
         connectErrors++;
+        const why = `connect: ${error instanceof Error ? error.message : String(error)}`;
+        if (connectReasons.size < 5) connectReasons.add(why);
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, clients) }, worker));
   const connectMs = performance.now() - connectStart;
+  const connectCpuEnd = cpuMs(spec.serverPid);
   const live = conns.filter((c): c is Conn => c !== undefined);
-  if (live.length < clients) errors.push(`only ${live.length} of ${clients} connections opened`);
+  if (live.length < clients) {
+    errors.push(`only ${live.length} of ${clients} connections opened (${[...connectReasons].join("; ")})`);
+  }
   for (const c of live) if (c.index < senders) senderConns.push(c);
 
   let sent = 0;
@@ -630,6 +644,10 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     serverCpuMicrosPerDelivery:
       serverCpuMs !== null && delivered > 0 ? Math.round((serverCpuMs * 1000 * 100) / delivered) / 100 : null,
     otherFrames,
+    connectCpuMicrosPerConn:
+      connectCpuStart !== null && connectCpuEnd !== null && live.length > 0
+        ? Math.round(((connectCpuEnd - connectCpuStart) * 1000) / live.length)
+        : null,
     client,
     serverCpuPercent,
     loadgenCpuPercent,

@@ -92,12 +92,20 @@ class BunContextInit implements WSContextInit<BunSocket> {
   }
 }
 
-type Handler = ((event: never, ws: WSContext<BunSocket>) => void) | undefined;
+type EventName = "onOpen" | "onMessage" | "onClose" | "onError";
 
-/** Calls an app handler; one that throws must not take Bun's handler (and the process) down. */
-function dispatch(handler: Handler, event: unknown, ctx: WSContext<BunSocket>): void {
+/**
+ * Calls an app handler as a method (the app's events may be a class); one
+ * that throws must not take Bun's handler (and the process) down.
+ */
+function dispatch(ws: BunSocket, name: EventName, event: unknown): void {
+  const events = ws.data.events;
   try {
-    handler?.(event as never, ctx);
+    (events[name] as ((this: unknown, event: never, ctx: WSContext<BunSocket>) => void) | undefined)?.call(
+      events,
+      event as never,
+      contextOf(ws),
+    );
   } catch (error) {
     console.error(error);
   }
@@ -181,18 +189,18 @@ export function websocketOptions(config: Config) {
     open(ws: BunSocket) {
       sockets.add(ws);
       heartbeat.opened(ws);
-      dispatch(ws.data.events.onOpen, OPEN_EVENT, contextOf(ws));
+      dispatch(ws, "onOpen", OPEN_EVENT);
     },
     message(ws: BunSocket, message: string | Uint8Array) {
       const data =
         typeof message === "string"
           ? message
           : message.buffer.slice(message.byteOffset, message.byteOffset + message.byteLength);
-      dispatch(ws.data.events.onMessage, { type: "message", data }, contextOf(ws));
+      dispatch(ws, "onMessage", { type: "message", data });
     },
     close(ws: BunSocket, code: number, reason: string) {
       sockets.delete(ws);
-      dispatch(ws.data.events.onClose, { type: "close", code, reason, wasClean: true }, contextOf(ws));
+      dispatch(ws, "onClose", { type: "close", code, reason, wasClean: true });
     },
     pong(ws: BunSocket) {
       heartbeat.ponged(ws);

@@ -14,7 +14,7 @@
  * the request but the app's event handlers.
  */
 import { readFileSync } from "node:fs";
-import type { IncomingMessage, Server } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, Server } from "node:http";
 import { STATUS_CODES } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { Duplex } from "node:stream";
@@ -203,13 +203,56 @@ type Fetch = (req: Request, env: { incoming: IncomingMessage }) => Response | Pr
 
 const ignore = () => {};
 
-/** The Fetch API request for an upgrade request (headers only; upgrades have no body). */
+/**
+ * The headers of an upgrade request, read from Node's already parsed
+ * `req.headers` (names lower-cased, repeats joined) through the part of the
+ * Headers API the app uses.
+ */
+class UpgradeHeaders {
+  constructor(readonly incoming: IncomingHttpHeaders) {}
+
+  get(name: string): string | null {
+    const v = this.incoming[name.toLowerCase()];
+    return v === undefined ? null : Array.isArray(v) ? v.join(", ") : v;
+  }
+
+  has(name: string): boolean {
+    return this.incoming[name.toLowerCase()] !== undefined;
+  }
+
+  forEach(fn: (value: string, key: string, parent: UpgradeHeaders) => void): void {
+    for (const [key, value] of this.entries()) fn(value, key, this);
+  }
+
+  *entries(): IterableIterator<[string, string]> {
+    for (const key of Object.keys(this.incoming).sort()) yield [key, this.get(key)!];
+  }
+
+  *keys(): IterableIterator<string> {
+    for (const [key] of this.entries()) yield key;
+  }
+
+  *values(): IterableIterator<string> {
+    for (const [, value] of this.entries()) yield value;
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, string]> {
+    return this.entries();
+  }
+}
+
+/**
+ * The Fetch API view of an upgrade request: what Hono and the app read of
+ * it (method, URL, headers; an upgrade has no body). Not a full `Request`:
+ * building one (undici's, with its Headers, URL and AbortSignal) for every
+ * handshake was about a third of the app's share of a handshake's CPU
+ * (docs/benchmarks.md, connect time).
+ */
 function toRequest(req: IncomingMessage): Request {
   const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
-  const url = new URL(req.url ?? "/", `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}`);
-  const headers = new Headers();
-  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i]!, req.rawHeaders[i + 1]!);
-  return new Request(url, { headers });
+  const target = req.url?.startsWith("/") ? req.url : "/"; // absolute-form targets are not served
+  const url = `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}${target}`;
+  return { method: req.method ?? "GET", url, headers: new UpgradeHeaders(req.headers) } as unknown as Request;
 }
 
 /**
@@ -258,34 +301,72 @@ class WsContextInit implements WSContextInit<WebSocket> {
   }
 }
 
-type Handler = ((event: never, ws: WSContext<WebSocket>) => void) | undefined;
+type EventName = "onOpen" | "onMessage" | "onClose" | "onError";
 
-/** Calls an app handler; one that throws must not take the process down with it. */
-function dispatch(handler: Handler, event: unknown, ctx: WSContext<WebSocket>): void {
+/**
+ * Calls an app handler as a method (the app's events may be a class); one
+ * that throws must not take the process down with it.
+ */
+function dispatch(conn: Conn, name: EventName, event: unknown): void {
   try {
-    handler?.(event as never, ctx);
+    (conn.events[name] as ((this: unknown, event: never, ws: WSContext<WebSocket>) => void) | undefined)?.call(
+      conn.events,
+      event as never,
+      conn.ctx,
+    );
   } catch (error) {
     console.error(error);
   }
 }
 
+/** What a ws connection carries for the app: its events and its one WSContext. */
+class Conn {
+  readonly ctx: WSContext<WebSocket>;
+
+  constructor(
+    ws: WebSocket,
+    readonly events: WSEvents<WebSocket>,
+  ) {
+    this.ctx = new WSContext<WebSocket>(new WsContextInit(ws));
+  }
+}
+
+/** Where a ws socket keeps its {@link Conn}: one property, no closures per connection. */
+const kConn = Symbol("chat.conn");
+type WithConn = WebSocket & { [kConn]: Conn };
+
+/*
+ * ws calls listeners with `this` = the socket, so these are shared by every
+ * connection instead of three closures each. The app reads `data` of a
+ * message event and `code` of a close event; a plain object stands in for
+ * MessageEvent (costly to construct in Node) and CloseEvent (absent in Node 20).
+ */
+function onWsMessage(this: WithConn, data: Buffer, isBinary: boolean): void {
+  const payload = isBinary
+    ? (data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer)
+    : data.toString("utf8");
+  dispatch(this[kConn], "onMessage", { type: "message", data: payload });
+}
+
+function onWsClose(this: WithConn, code: number, reason: Buffer): void {
+  dispatch(this[kConn], "onClose", { type: "close", code, reason: reason.toString(), wasClean: true });
+}
+
+function onWsError(this: WithConn, error: Error): void {
+  dispatch(this[kConn], "onError", { type: "error", error, message: error.message });
+}
+
+const OPEN_EVENT = { type: "open" };
+
 /** Hands one connection's ws events to the app's handlers. */
 function attach(ws: WebSocket, events: WSEvents<WebSocket>): void {
-  const ctx = new WSContext<WebSocket>(new WsContextInit(ws));
-  dispatch(events.onOpen, new Event("open"), ctx);
-  ws.on("message", (data: Buffer, isBinary: boolean) => {
-    const payload = isBinary
-      ? (data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer)
-      : data.toString("utf8");
-    dispatch(events.onMessage, new MessageEvent("message", { data: payload }), ctx);
-  });
-  ws.on("close", (code: number, reason: Buffer) => {
-    // Node 20 has no global CloseEvent; the app reads `code` only.
-    dispatch(events.onClose, { type: "close", code, reason: reason.toString(), wasClean: true }, ctx);
-  });
-  ws.on("error", (error: Error) => {
-    dispatch(events.onError, { type: "error", error, message: error.message }, ctx);
-  });
+  const conn = new Conn(ws, events);
+  (ws as WithConn)[kConn] = conn;
+  dispatch(conn, "onOpen", OPEN_EVENT);
+  // @types/ws types `this` as WebSocket; these read the Conn set just above.
+  ws.on("message", onWsMessage as (this: WebSocket, data: Buffer, isBinary: boolean) => void);
+  ws.on("close", onWsClose as (this: WebSocket, code: number, reason: Buffer) => void);
+  ws.on("error", onWsError as (this: WebSocket, error: Error) => void);
 }
 
 /**
@@ -364,9 +445,13 @@ export function serveWithWs(chat: BuiltChat, config: Config, logger: Logger): Pr
     });
     const heartbeat = new Heartbeat(() => wss.clients, config.heartbeatMs);
     if (config.heartbeatMs > 0) {
+      // One listener for every socket (ws calls it with `this` = the socket).
+      const onPong = function (this: WebSocket) {
+        heartbeat.ponged(this);
+      };
       wss.on("connection", (ws: WebSocket) => {
         heartbeat.opened(ws);
-        ws.on("pong", () => heartbeat.ponged(ws));
+        ws.on("pong", onPong);
       });
     }
     const served = (port: number): Served => ({
