@@ -77,6 +77,8 @@ export async function startWebhooks(config: Config, deps: WebhookDeps): Promise<
   let outbox: Outbox;
   let lease: Lease | null = null;
   let kind: string;
+  /** How often the loop looks for events it was not told of. */
+  let pollMs = 1000;
   if (config.hub === "redis") {
     // Loaded only when asked for, so the default start needs no Redis client.
     const [{ createRedisClient, waitReady }, { RedisLease, RedisOutbox, WebhookKeys }] = await Promise.all([
@@ -92,6 +94,8 @@ export async function startWebhooks(config: Config, deps: WebhookDeps): Promise<
     lease = new RedisLease(redis, new WebhookKeys(config.redisPrefix), owner);
     outbox = new RedisOutbox(redis, { prefix: config.redisPrefix, owner, owned: true });
     kind = "redis";
+    // Other instances add events without telling this one: a due room is found within a poll.
+    pollMs = 250;
   } else if (config.history === "sqlite" && config.historyPath !== ":memory:" && deps.openSqlite) {
     const { SqliteOutbox } = await import("./sqlite-outbox.ts");
     outbox = new SqliteOutbox(deps.openSqlite(config.historyPath));
@@ -112,6 +116,7 @@ export async function startWebhooks(config: Config, deps: WebhookDeps): Promise<
     timeoutMs: hook.timeoutMs,
     outbox,
     lease,
+    pollMs,
     logger,
     metrics: deps.metrics,
     ...deps.delivery,
