@@ -29,9 +29,6 @@ import { type Identity, isRefusal, roomAllowed, type TokenSettings, verifyToken 
 /** The client frames this module handles. */
 export type GovernanceFrame = Extract<ClientFrame, { type: "auth" | "delete" | "edit" | "ban" | "unban" }>;
 
-/** The frame types of {@link GovernanceFrame}, for the session's dispatch. */
-export const GOVERNANCE_TYPES: ReadonlySet<string> = new Set(["auth", "delete", "edit", "ban", "unban"]);
-
 /** What the connection offers this module: where answers go and how it ends. */
 export interface GovernanceHost {
   readonly room: string;
@@ -92,11 +89,6 @@ export class ConnectionGovernance {
   /** True while the token says `role: "moderator"`. */
   get moderator(): boolean {
     return this.#identity.moderator;
-  }
-
-  /** The token's `exp` in seconds, null for a token without one. */
-  get exp(): number | null {
-    return this.#identity.exp;
   }
 
   /** Arms the expiry; call once the connection is open. */

@@ -106,6 +106,7 @@ export function roomAllowed(rooms: readonly string[] | null, room: string): bool
   return false;
 }
 
+/** True for a refused token (narrows {@link verifyToken}'s answer). */
 export const isRefusal = (v: Identity | TokenRefusal): v is TokenRefusal => "refused" in v;
 
 /**
