@@ -36,7 +36,11 @@ export interface PagingOptions {
   readAhead?: number;
   /** Longest wait for one page's turn before the client counts as not reading (1013). @default 60000 */
   stallMs?: number;
-  /** Most `history` requests waiting behind the one being answered. @default 4 */
+  /**
+   * Most `history` requests waiting behind the one being answered (a burst
+   * of small ones arrives in one read; what they cost is charged by the
+   * fair-use limits, this only bounds the queue). @default 32
+   */
   maxQueued?: number;
 }
 
@@ -49,7 +53,13 @@ export function pagingFor(maxBuffered: number): Required<PagingOptions> {
   // A page and the low-water mark together stay well under the slow-consumer
   // bound, even when a page's UTF-8 is three times its UTF-16 length.
   const page = Math.max(1024, Math.min(64 * 1024, Math.floor(maxBuffered / 8)));
-  const options = Object.freeze({ pageSize: page, lowWater: page, readAhead: 2 * page, stallMs: 60_000, maxQueued: 4 });
+  const options = Object.freeze({
+    pageSize: page,
+    lowWater: page,
+    readAhead: 2 * page,
+    stallMs: 60_000,
+    maxQueued: 32,
+  });
   lastDefaults = { maxBuffered, options };
   return options;
 }
