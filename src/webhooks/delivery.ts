@@ -71,7 +71,7 @@ export interface WebhookDeliveryOptions {
 /** Delivered events removed from the outbox together, at most this many... */
 const REMOVE_EVERY = 32;
 /** ...or after this long. */
-const REMOVE_AFTER_MS = 100;
+const REMOVE_AFTER_MS = 500;
 
 /**
  * The webhook delivery loop (PROTOCOL 8.4): one per instance (or per Durable
