@@ -20,7 +20,8 @@
  * Options: --before DIR (also run the bundle built from another checkout, for
  * before/after), --rooms N (memory rooms, 200), --clients N (saturation
  * clients, 200), --saturation-ms N (5000), --idle-ms N (wait for eviction,
- * 15000), --no-wrangler (skip the `wrangler dev` start measurement).
+ * 15000), --no-wrangler (skip the `wrangler dev` start measurement),
+ * --parts cold,load,memory (which measurements run; all by default).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -91,6 +92,8 @@ interface Options {
   saturationMs: number;
   idleMs: number;
   wrangler: boolean;
+  /** Which measurements run (`--parts cold,load,memory`). @default all three */
+  parts: Set<string>;
 }
 
 function parseOptions(ctx: ScenarioContext): Options {
@@ -100,6 +103,7 @@ function parseOptions(ctx: ScenarioContext): Options {
     saturationMs: ctx.quick ? 400 : 5000,
     idleMs: 15_000,
     wrangler: !ctx.quick,
+    parts: new Set(["cold", "load", "memory"]),
   };
   const a = ctx.args;
   for (let i = 0; i < a.length; i++) {
@@ -114,6 +118,7 @@ function parseOptions(ctx: ScenarioContext): Options {
     else if (a[i] === "--saturation-ms") o.saturationMs = Number(v());
     else if (a[i] === "--idle-ms") o.idleMs = Number(v());
     else if (a[i] === "--no-wrangler") o.wrangler = false;
+    else if (a[i] === "--parts") o.parts = new Set(v().split(","));
     else throw new Error(`unknown option ${a[i]}`);
   }
   return o;
@@ -225,6 +230,8 @@ const assets :Workerd.Worker = (
 export interface RunningWorkerd {
   child: ChildProcess;
   port: number;
+  /** The V8 inspector's port, when started with `inspect`. */
+  inspector: number | null;
   /** Process start to the first 200 from /healthz. */
   readyMs: number;
   /** Times `wakeLine` has been printed so far. */
@@ -237,14 +244,21 @@ export interface RunningWorkerd {
  * Runs `t` alone in `workerd serve` (pinned to core 0 when taskset works) on
  * a free port with its own temp storage, and waits for /healthz.
  */
-export async function startWorkerd(t: WorkerTarget, extraVars: Record<string, string> = {}): Promise<RunningWorkerd> {
+export async function startWorkerd(
+  t: WorkerTarget,
+  extraVars: Record<string, string> = {},
+  inspect = false,
+): Promise<RunningWorkerd> {
   const port = await freePort();
+  const inspector = inspect ? await freePort() : null;
   const dir = mkdtempSync(join(tmpdir(), "chat-bench-workerd-"));
   mkdirSync(join(dir, "disk"));
   copyFileSync(t.bundle.file, join(dir, "worker.js"));
   writeFileSync(join(dir, "config.capnp"), capnpConfig(t, port, join(dir, "disk"), { ...t.vars, ...extraVars }));
   const started = performance.now();
-  const child = spawnPinned([WORKERD, "serve", join(dir, "config.capnp")], 0, {});
+  const args = [WORKERD, "serve", join(dir, "config.capnp")];
+  if (inspector !== null) args.push(`--inspector-addr=127.0.0.1:${inspector}`);
+  const child = spawnPinned(args, 0, {});
   let out = "";
   let wakes = 0;
   let tail = "";
@@ -276,7 +290,7 @@ export async function startWorkerd(t: WorkerTarget, extraVars: Record<string, st
       const r = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2000) });
       if (r.status === 200) {
         const readyMs = performance.now() - started;
-        return { child, port, readyMs, wakes: () => wakes, output: () => out, stop };
+        return { child, port, inspector, readyMs, wakes: () => wakes, output: () => out, stop };
       }
     } catch {
       // not listening yet
@@ -412,6 +426,39 @@ function rssKiB(pid: number | undefined): number {
   return m ? Number(m[1]) : Number.NaN;
 }
 
+/**
+ * The Worker's V8 heap in KiB after a full garbage collection, through
+ * workerd's inspector: a heap snapshot collects garbage first (workerd's
+ * inspector has no `collectGarbage`), then `Runtime.getHeapUsage` reads the
+ * live size. Every Durable Object of the Worker lives in that one isolate.
+ */
+function liveHeapKiB(inspector: number | null): Promise<number | null> {
+  if (inspector === null) return Promise.resolve(null);
+  return new Promise((res) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${inspector}/main`, { maxPayload: 1 << 30 });
+    const timer = setTimeout(() => {
+      ws.terminate();
+      res(null);
+    }, 60_000);
+    let id = 0;
+    const send = (method: string, params: object = {}) => ws.send(JSON.stringify({ id: ++id, method, params }));
+    ws.on("message", (data) => {
+      const m = JSON.parse(String(data)) as { id?: number; result?: { usedSize?: number } };
+      if (m.id === 1) send("Runtime.getHeapUsage");
+      else if (m.id === 2) {
+        clearTimeout(timer);
+        ws.close();
+        res(m.result?.usedSize === undefined ? null : m.result.usedSize / 1024);
+      }
+    });
+    ws.once("open", () => send("HeapProfiler.takeHeapSnapshot", { reportProgress: false }));
+    ws.once("error", () => {
+      clearTimeout(timer);
+      res(null);
+    });
+  });
+}
+
 interface Memory {
   rooms: number;
   baseKiB: number;
@@ -421,18 +468,22 @@ interface Memory {
   wokenKiB: number | null;
   /** Objects constructed again by the wake-up messages: rooms that had really been evicted. */
   rebuilt: number | null;
+  /** The isolate's live V8 heap (after a full GC) at the same four points. */
+  heap: { base: number | null; active: number | null; hibernated: number | null; woken: number | null };
 }
 
 /**
  * N rooms of two sockets each: one message per room, RSS; then no traffic
  * until workerd evicts the objects (their sockets stay open, hibernated),
- * RSS; then one message per room wakes them all, RSS.
+ * RSS; then one message per room wakes them all, RSS. With `inspect`, the V8
+ * heap after a full GC is read at the same points too.
  */
-async function memory(t: WorkerTarget, o: Options, quick: boolean): Promise<Memory> {
-  const w = await startWorkerd(t, { LOG_LEVEL: "info" });
+async function memory(t: WorkerTarget, o: Options, quick: boolean, inspect: boolean): Promise<Memory> {
+  const w = await startWorkerd(t, { LOG_LEVEL: "info" }, inspect);
   const sockets: WebSocket[] = [];
   try {
     const baseKiB = rssKiB(w.child.pid);
+    const heap: Memory["heap"] = { base: await liveHeapKiB(w.inspector), active: null, hibernated: null, woken: null };
     const rooms: { a: WebSocket; b: WebSocket; got: string[] }[] = [];
     const open = (room: number, user: string) =>
       new Promise<WebSocket>((res, rej) => {
@@ -466,20 +517,18 @@ async function memory(t: WorkerTarget, o: Options, quick: boolean): Promise<Memo
     await round("first");
     await new Promise((r) => setTimeout(r, 500));
     const activeKiB = rssKiB(w.child.pid);
-    if (quick) return { rooms: o.rooms, baseKiB, activeKiB, hibernatedKiB: null, wokenKiB: null, rebuilt: null };
+    heap.active = await liveHeapKiB(w.inspector);
+    if (quick) return { rooms: o.rooms, baseKiB, activeKiB, hibernatedKiB: null, wokenKiB: null, rebuilt: null, heap };
     const wakesBefore = w.wakes();
+    // The snapshot above was the rooms' last event: the idle time counts from here.
     await new Promise((r) => setTimeout(r, o.idleMs));
     const hibernatedKiB = rssKiB(w.child.pid);
+    heap.hibernated = await liveHeapKiB(w.inspector);
     await round("again");
     await new Promise((r) => setTimeout(r, 500));
-    return {
-      rooms: o.rooms,
-      baseKiB,
-      activeKiB,
-      hibernatedKiB,
-      wokenKiB: rssKiB(w.child.pid),
-      rebuilt: w.wakes() - wakesBefore,
-    };
+    const wokenKiB = rssKiB(w.child.pid);
+    heap.woken = await liveHeapKiB(w.inspector);
+    return { rooms: o.rooms, baseKiB, activeKiB, hibernatedKiB, wokenKiB, rebuilt: w.wakes() - wakesBefore, heap };
   } finally {
     for (const s of sockets) s.terminate();
     await w.stop();
@@ -536,22 +585,30 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
     const wrangler: Awaited<ReturnType<typeof wranglerStart>>[] = [];
     for (let round = 1; round <= ctx.runs; round++) {
       for (const t of targets) {
-        ctx.log(`round ${round}/${ctx.runs}: ${t.name}: cold start`);
-        cold.set(t.name, [...(cold.get(t.name) ?? []), await coldStart(t)]);
-        ctx.log(`round ${round}/${ctx.runs}: ${t.name}: saturation, ${o.clients} clients`);
-        const r = await saturation(t, o);
-        if (r.errors.length > 0) ctx.log(`  ${t.name}: ${r.errors.join("; ")}`);
-        load.set(t.name, [...(load.get(t.name) ?? []), r]);
+        if (o.parts.has("cold")) {
+          ctx.log(`round ${round}/${ctx.runs}: ${t.name}: cold start`);
+          cold.set(t.name, [...(cold.get(t.name) ?? []), await coldStart(t)]);
+        }
+        if (o.parts.has("load")) {
+          ctx.log(`round ${round}/${ctx.runs}: ${t.name}: saturation, ${o.clients} clients`);
+          const r = await saturation(t, o);
+          if (r.errors.length > 0) ctx.log(`  ${t.name}: ${r.errors.join("; ")}`);
+          load.set(t.name, [...(load.get(t.name) ?? []), r]);
+        }
       }
-      if (o.wrangler) {
+      if (o.wrangler && o.parts.has("cold")) {
         ctx.log(`round ${round}/${ctx.runs}: wrangler dev start`);
         wrangler.push(await wranglerStart());
       }
     }
     const mem = new Map<string, Memory>();
-    for (const t of targets.filter((x) => x.role === "ours" || x.role === "floor")) {
+    for (const t of targets.filter((x) => o.parts.has("memory") && (x.role === "ours" || x.role === "floor"))) {
       ctx.log(`memory: ${t.name}, ${o.rooms} rooms${ctx.quick ? "" : `, ${o.idleMs} ms idle`}`);
-      mem.set(t.name, await memory(t, o, ctx.quick));
+      // Twice: RSS without the inspector, the heap with it (a heap snapshot's
+      // own allocations stay in the process and would inflate later RSS readings).
+      const rss = await memory(t, o, ctx.quick, false);
+      const { heap } = await memory(t, o, ctx.quick, true);
+      mem.set(t.name, { ...rss, heap });
     }
     return {
       markdown: report(targets, cold, load, wrangler, mem, o, ctx),
@@ -642,19 +699,25 @@ function report(
     "",
     '"vs floor" by CPU is the floor\'s CPU per delivery over ours (above 1 = ours cheaper).',
     "",
-    `### Memory of idle rooms on workerd (${o.rooms} rooms x 2 sockets, RSS of the workerd process)`,
+    `### Memory of idle rooms on workerd (${o.rooms} rooms x 2 sockets; the workerd process's RSS, and its V8 heap after a full GC through the inspector)`,
     "",
   );
   out.push(
-    "| worker | at start | rooms active | per active room | objects evicted (sockets hibernated) | per hibernated room | woken again | rooms rebuilt on wake |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| worker | measure | at start | rooms active | per active room | objects evicted (sockets hibernated) | per hibernated room | woken again | rooms rebuilt on wake |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   );
   for (const [name, m] of mem) {
-    const per = (x: number | null) => (x === null ? "-" : `${fmt((x - m.baseKiB) / m.rooms, 1)} KiB`);
     const mib = (x: number | null) => (x === null ? "-" : `${fmt(x / 1024, 1)} MiB`);
-    out.push(
-      `| ${name} | ${mib(m.baseKiB)} | ${mib(m.activeKiB)} | ${per(m.activeKiB)} | ${mib(m.hibernatedKiB)} | ${per(m.hibernatedKiB)} | ${mib(m.wokenKiB)} | ${m.rebuilt ?? "-"} |`,
-    );
+    const rows: [string, number | null, number | null, number | null, number | null][] = [
+      ["process RSS", m.baseKiB, m.activeKiB, m.hibernatedKiB, m.wokenKiB],
+      ["V8 heap after GC", m.heap.base, m.heap.active, m.heap.hibernated, m.heap.woken],
+    ];
+    for (const [what, base, active, hibernated, woken] of rows) {
+      const per = (x: number | null) => (x === null || base === null ? "-" : `${fmt((x - base) / m.rooms, 1)} KiB`);
+      out.push(
+        `| ${name} | ${what} | ${mib(base)} | ${mib(active)} | ${per(active)} | ${mib(hibernated)} | ${per(hibernated)} | ${mib(woken)} | ${m.rebuilt ?? "-"} |`,
+      );
+    }
   }
   return out.join("\n");
 }
