@@ -135,6 +135,7 @@ const TARGETS: Target[] = [
     path: "/",
   },
   {
+    // The default on Deno: node:http + ws (DENO_SERVER=node).
     name: "ours deno sqlite",
     runtime: "deno",
     role: "ours",
@@ -142,11 +143,11 @@ const TARGETS: Target[] = [
     path: OURS_PATH,
   },
   {
-    name: "ours deno-node sqlite",
+    name: "ours deno-serve sqlite",
     runtime: "deno",
     role: "ours",
     command: [DENO, "run", "-A", "src/index.ts"],
-    env: { DENO_SERVER: "node" },
+    env: { DENO_SERVER: "deno" },
     path: OURS_PATH,
   },
 ];

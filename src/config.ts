@@ -162,6 +162,8 @@ const schema = z.object({
   REDIS_PRESENCE_TTL_MS: z._default(int(300, 600_000), 6000),
   /** Longest wait for one Redis command (and a connection) before it fails with `unavailable`. @default 2000 */
   REDIS_COMMAND_TIMEOUT_MS: z._default(int(50, 60_000), 2000),
+  /** Deno only: `node` serves through node:http + ws (framed once, 1007 on bad UTF-8); `deno` through Deno.serve. @default "node" */
+  DENO_SERVER: z._default(z.enum(["node", "deno"]), "node"),
 });
 
 const DURATION_UNITS: Record<string, number> = {
@@ -239,6 +241,8 @@ export interface Config {
   redisPresenceTtlMs: number;
   /** Redis command and connect timeout. */
   redisCommandTimeoutMs: number;
+  /** Deno only: which server serves the app (node:http + ws, or Deno.serve). */
+  denoServer: "node" | "deno";
 }
 
 /** Thrown for a bad setting; the message names every bad variable. */
@@ -318,6 +322,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     redisCluster: e.REDIS_CLUSTER,
     redisPresenceTtlMs: e.REDIS_PRESENCE_TTL_MS,
     redisCommandTimeoutMs: e.REDIS_COMMAND_TIMEOUT_MS,
+    denoServer: e.DENO_SERVER,
   };
 }
 

@@ -1,16 +1,17 @@
 /**
- * Deno entry: Deno.serve with a Hono WebSocket helper over
- * Deno.upgradeWebSocket (./deno-ws.ts: why not hono/deno's), node:sqlite
+ * Deno entry: node:http + ws (default) or Deno.serve with a Hono WebSocket
+ * helper over Deno.upgradeWebSocket (./deno-ws.ts: why not hono/deno's), node:sqlite
  * (DatabaseSync, the same file format as better-sqlite3 and bun:sqlite) for
- * history, and Deno's own ping/pong for the heartbeat. The start-up itself
- * is the shared one (./start.ts).
+ * history, and the heartbeat (ours with ws; Deno's own ping/pong on
+ * Deno.serve). The start-up itself is the shared one (./start.ts).
  *
- * With DENO_SERVER=node it serves through node:http and `ws` instead,
- * exactly as on Node (./node-ws.ts): invalid UTF-8 then closes with 1007,
- * and a room's frame is built once for every recipient. On Deno.serve, Deno
- * checks UTF-8 itself and drops the connection without a close frame (the
- * client sees 1006) before the app sees the frame; docs/runtimes.md says
- * which server is the default and why.
+ * By default (DENO_SERVER=node) it serves through node:http and `ws`
+ * instead, exactly as on Node (./node-ws.ts): a room's frame is built once
+ * for every recipient and each socket corked per turn, invalid UTF-8 closes
+ * with 1007, and an idle connection costs less memory; docs/benchmarks.md
+ * has the numbers. DENO_SERVER=deno keeps Deno.serve, where Deno checks
+ * UTF-8 itself and drops the connection without a close frame (the client
+ * sees 1006) before the app sees the frame.
  *
  * hono/deno (for serveStatic) is marked deprecated in favour of @hono/deno,
  * but no @hono/deno is published (npm view: 404), so hono 4's it is.
@@ -44,9 +45,10 @@ const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
 
 /** Starts the chat on Deno (`deno run -A src/index.ts`); config from the environment. */
 export function main(env: Record<string, string | undefined> = Deno.env.toObject()): Promise<Running> {
-  const viaNode = env.DENO_SERVER === "node";
+  // The config checks DENO_SERVER (node, the default, or deno); this only names it.
+  const named = env.DENO_SERVER === "deno" ? "Deno.serve" : "node:http + ws";
   return start({
-    runtime: `deno ${Deno.version.deno}${viaNode ? " (node:http + ws)" : ""}`,
+    runtime: `deno ${Deno.version.deno} (${named})`,
     env,
     exit: Deno.exit,
     onSignal: (signal, handler) => Deno.addSignalListener(signal, handler),
@@ -55,7 +57,7 @@ export function main(env: Record<string, string | undefined> = Deno.env.toObject
         DatabaseSync: new (path: string) => SqliteDatabase;
       };
       return {
-        ...(viaNode
+        ...(config.denoServer === "node"
           ? {
               upgradeWebSocket: nodeWs.upgradeWebSocket,
               toSocket: nodeWs.toSocket,
@@ -72,7 +74,8 @@ export function main(env: Record<string, string | undefined> = Deno.env.toObject
         ensureDir: (path) => Deno.mkdirSync(path, { recursive: true }),
       };
     },
-    serve: viaNode ? nodeWs.serveWithWs : serveDeno,
+    serve: (chat, config, logger) =>
+      config.denoServer === "node" ? nodeWs.serveWithWs(chat, config, logger) : serveDeno(chat, config),
   });
 }
 
