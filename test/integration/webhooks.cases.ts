@@ -4,6 +4,7 @@
  * signed, in order; pending events surviving a restart; the start-up rule
  * for WEBHOOK_SECRET. Called once from server.suite.ts.
  */
+import { sign } from "hono/jwt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { connect } from "../helpers/client.ts";
 import { type RunningServer, type ServerTarget, tempHistoryPath } from "../helpers/server.ts";
@@ -18,6 +19,8 @@ export interface WebhookCaps {
 }
 
 const SECRET = "webhook-secret-0123456789";
+const AUTH = "webhook-auth-secret-0123456789";
+const API_KEY = "webhook-api-key-0123456789";
 let roomSeq = 0;
 const freshRoom = () => `wh${process.pid.toString(36)}-${(++roomSeq).toString(36)}`;
 
@@ -87,6 +90,51 @@ export function webhookCases(target: ServerTarget, caps: WebhookCaps = {}): void
       await b.close();
       await receiver.until(() => forRoom(room).some((r) => r.event.event === "member.left"), 20_000, "the leave");
       expect(forRoom(room).map((r) => r.event.event)).toEqual(["member.joined", "message.created", "member.left"]);
+    });
+
+    it("edits, deletes and server API posts are announced too", async () => {
+      const gov = await target.start({
+        WEBHOOK_URL: receiver.url,
+        WEBHOOK_SECRET: SECRET,
+        AUTH_SECRET: AUTH,
+        API_KEY,
+        RATE_LIMIT_IP: "0",
+      });
+      const room = freshRoom();
+      const jwt = await sign({ name: "eve", exp: Math.floor(Date.now() / 1000) + 600 }, AUTH, "HS256");
+      const c = await connect(`${gov.wsUrl}?room=${room}&token=${jwt}`, { protocols: "chat.v1" });
+      expect((await c.next()).type).toBe("welcome");
+      c.send({ message: "typo" });
+      const m = await c.waitFor((f) => f.type === "message");
+      c.send({ type: "edit", id: m.id, message: "fixed" });
+      await c.waitFor((f) => f.type === "edited");
+      const api = (method: string, path: string, body?: unknown) =>
+        fetch(`${gov.url}/api/rooms/${room}${path}`, {
+          method,
+          headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+          signal: AbortSignal.timeout(5000),
+        });
+      expect((await api("DELETE", `/messages/${m.id}`)).status).toBe(204);
+      expect((await api("POST", "/messages", { user: "system", message: "from the backend" })).status).toBe(201);
+      await receiver.until(
+        () => forRoom(room).some((r) => r.event.event === "message.created" && r.event.data.user === "system"),
+        20_000,
+        "the API's message",
+      );
+      const got = forRoom(room).map((r) => [r.event.event, r.event.data]);
+      expect(got).toEqual([
+        ["member.joined", { user: "eve" }],
+        ["message.created", expect.objectContaining({ id: m.id, user: "eve", message: "typo" })],
+        [
+          "message.edited",
+          expect.objectContaining({ id: m.id, user: "eve", message: "fixed", edited: expect.any(Number) }),
+        ],
+        ["message.deleted", { id: m.id }],
+        ["message.created", expect.objectContaining({ user: "system", message: "from the backend" })],
+      ]);
+      await c.close();
+      await gov.stop();
     });
 
     it.runIf(has("restart"))("events pending when the server stops are delivered after it restarts", async () => {
