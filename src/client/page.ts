@@ -680,6 +680,28 @@ function showStopped(text: string): void {
   ui.stoppedRetry.focus();
 }
 
+/**
+ * Why this browser may not chat in `room`, when the server says so: a failed
+ * WebSocket handshake hides its HTTP status from the page, so the history
+ * route, which checks the token the same way, is asked (one message).
+ * Null when nothing is wrong there (no auth, or the server is away).
+ */
+async function accessProblem(room: string): Promise<string | null> {
+  try {
+    const res = await fetch(`/rooms/${encodeURIComponent(room)}/messages?limit=1`, { credentials: "same-origin" });
+    if (res.status === 401) {
+      return "You are not signed in to this chat, or your sign-in has expired. Sign in again in the app, then try again.";
+    }
+    if (res.status === 403) {
+      const body = (await res.json().catch(() => ({}))) as { error?: unknown };
+      if (body.error === "room not allowed") return `Your account may not enter #${room}.`;
+    }
+  } catch {
+    // offline: nothing to learn
+  }
+  return null;
+}
+
 function closedText(reason: ClosedReason, room: string): string {
   switch (reason) {
     case "banned":
@@ -712,6 +734,8 @@ function start(name: string | null, room: string): void {
   });
   client = c;
   let catchingUp = true;
+  /** An HTTP look at why handshakes fail is under way (one at a time). */
+  let asking = false;
   unsubscribe = [
     c.on("message", (m) => showMessage(m, !catchingUp)),
     c.on("open", (e) => {
@@ -754,18 +778,41 @@ function start(name: string | null, room: string): void {
     }),
     c.on("status", (s) => {
       if (s.retryInMs !== undefined && (rejoining || (name === null && identity === null))) {
-        if (rejoining) {
-          // Refused again before any welcome: the ban holds (or the server is away).
-          rejoining = false;
-          showStopped(`Could not rejoin #${room}: you are still banned, or the server cannot be reached.`);
-          return;
-        }
-        // The server cannot be reached to say who this tab is: carry on as the tutorial's page did.
-        identity = "name";
-        const stored = storedName();
-        if (nameProblem(stored) === null) start(stored, room);
-        else askName();
+        if (asking) return;
+        asking = true;
+        // A refused handshake shows the browser no status: ask over HTTP why, if anything says so.
+        void accessProblem(room).then((problem) => {
+          if (client !== c) return;
+          if (problem) {
+            rejoining = false;
+            showStopped(problem);
+          } else if (rejoining) {
+            // Refused again before any welcome: the ban holds (or the server is away).
+            rejoining = false;
+            showStopped(`Could not rejoin #${room}: you are still banned, or the server cannot be reached.`);
+          } else {
+            // Nothing says this chat needs a token: carry on as the tutorial's page did.
+            identity = "name";
+            const stored = storedName();
+            if (nameProblem(stored) === null) start(stored, room);
+            else askName();
+          }
+        });
         return;
+      }
+      if (
+        s.status === "reconnecting" &&
+        s.retryInMs !== undefined &&
+        identity === "token" &&
+        s.attempt >= 2 &&
+        !asking
+      ) {
+        // Knocking without getting in, on a token: maybe the sign-in ended and the app did not renew the cookie.
+        asking = true;
+        void accessProblem(room).then((problem) => {
+          asking = false;
+          if (client === c && problem) showStopped(problem);
+        });
       }
       if (s.status === "connecting") setBanner("Connecting…");
       else if (s.status === "reconnecting") {

@@ -480,6 +480,29 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", { timeout: 9
     expect([...ada.errors, ...grace.errors]).toEqual([]);
   });
 
+  it("tells a browser without a valid token cookie to sign in, instead of asking a name or knocking forever", async () => {
+    // No cookie at all: the handshake is refused (401), and the page says why.
+    const context = await browser.newContext();
+    track(() => context.close());
+    const page = await context.newPage();
+    page.setDefaultTimeout(WAIT_MS);
+    await page.goto(`${authed.url}/#lobby`);
+    await page.locator("#stopped").waitFor({ state: "visible" });
+    expect(await page.locator("#stopped-text").textContent()).toContain("You are not signed in to this chat");
+    expect(await page.locator("#join").isHidden()).toBe(true);
+
+    // A cookie that expires and is not renewed: 4001, a few refused reconnects, then the same answer.
+    const ada = await open("ada", "unrenewed", {
+      token: await token("ada", { exp: Math.floor(Date.now() / 1000) + 8 }),
+    });
+    await ada.page.locator("#stopped").waitFor({ state: "visible", timeout: 40_000 });
+    expect(await ada.page.locator("#stopped-text").textContent()).toContain("your sign-in has expired");
+    const sockets = ada.sockets;
+    await ada.page.waitForTimeout(2000);
+    expect(ada.sockets).toBe(sockets); // stopped knocking
+    expect(ada.errors).toEqual([]);
+  });
+
   for (const [width, height, size] of [
     [1000, 700, "desktop"],
     [390, 844, "phone"],
