@@ -349,7 +349,7 @@ export function createChat(deps: AppDeps): Chat {
       if (!deps.internalRequest?.(c)) addresses.spend(keyOf(c), textCost(messages) - readCost(n));
       return c.json({ messages });
     } catch (error) {
-      logger.error({ room, err: String(error) }, "history read failed");
+      logger.error({ room, err: error }, "history read failed");
       return c.json({ error: "history is unavailable" }, 503);
     }
   });
@@ -404,7 +404,7 @@ export function createChat(deps: AppDeps): Chat {
   if (deps.serveStatic) app.use("/*", deps.serveStatic);
   app.notFound((c) => c.json({ error: "not found" }, 404));
   app.onError((error, c) => {
-    logger.error({ err: String(error), path: c.req.path }, "request failed");
+    logger.error({ err: error, path: c.req.path }, "request failed");
     return c.json({ error: "internal error" }, 500);
   });
 

@@ -199,7 +199,7 @@ export class Session {
         member.release(null, null);
       }
     } catch (error) {
-      this.#log.error({ conn: this.#conn, room, err: String(error) }, "join failed");
+      this.#log.error({ conn: this.#conn, room, err: error }, "join failed");
       // Leave now rather than when the close completes: a member that is
       // never released would hold every frame of the room until then.
       member.detach();
@@ -371,7 +371,7 @@ export class Session {
         hub.publish(room, member, draft).then(
           () => metrics.messageAccepted(),
           (error: unknown) => {
-            this.#log.error({ conn: this.#conn, room, err: String(error) }, "message not stored");
+            this.#log.error({ conn: this.#conn, room, err: error }, "message not stored");
             this.#error(
               "unavailable",
               "the message could not be stored; it was not delivered, send it again",

@@ -84,7 +84,7 @@ export class MemoryHub implements Hub {
         (error: unknown) => {
           // Ids still only grow within this process; log that a restart
           // could not check them against the store.
-          this.logger.warn({ room: name, err: String(error) }, "could not read the room's last id");
+          this.logger.warn({ room: name, err: error }, "could not read the room's last id");
         },
       );
       this.#rooms.set(name, created);

@@ -28,6 +28,21 @@ describe("loadConfig defaults", () => {
       wsCompression: false,
       bunTopics: true,
       shutdownTimeoutMs: 4000,
+      maxConnectionsPerIp: 256,
+      rateLimitIp: 100,
+      rateLimitIpRefillPerSecond: 10,
+      trustProxy: { loopback: false, ranges: [] },
+      presenceIntervalMs: 250,
+      allowedHosts: undefined,
+      apiKey: undefined,
+      authIssuer: undefined,
+      authAudience: undefined,
+      webhook: undefined,
+      historyTtlMs: 0,
+      redisCluster: false,
+      redisPresenceTtlMs: 6000,
+      redisCommandTimeoutMs: 2000,
+      denoServer: "node",
     });
   });
 
