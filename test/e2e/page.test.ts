@@ -490,6 +490,8 @@ describe.skipIf(!existsSync(CHROMIUM))("the chat page in Chromium", { timeout: 9
     await page.locator("#stopped").waitFor({ state: "visible" });
     expect(await page.locator("#stopped-text").textContent()).toContain("You are not signed in to this chat");
     expect(await page.locator("#join").isHidden()).toBe(true);
+    expect(await axe({ page, context, dialogs: [], errors: [], sockets: 0 })).toEqual([]);
+    await page.screenshot({ path: resolve(ARTIFACTS, "page-signed-out.png") });
 
     // A cookie that expires and is not renewed: 4001, a few refused reconnects, then the same answer.
     const ada = await open("ada", "unrenewed", {
