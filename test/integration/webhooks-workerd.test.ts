@@ -46,4 +46,33 @@ describe("webhooks on workerd", () => {
       await receiver.close();
     }
   }, 90_000);
+
+  it("a room woken from hibernation announces no second join for people who never left", async () => {
+    const receiver = await startReceiver(() => 200);
+    try {
+      const server = await workerdTarget.start({ WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: SECRET });
+      const room = `whh-${process.pid}`;
+      const ann = await connect(`${server.wsUrl}?room=${room}&user=ann`, { protocols: "chat.v1" });
+      await ann.next();
+      ann.send({ message: "before" });
+      await ann.waitFor((f) => f.type === "message");
+      await receiver.until(() => receiver.accepted().length === 2, 20_000, "join and message");
+      // workerd evicts an idle object about 10 s after its last event (workerd-objects.test.ts).
+      await new Promise((r) => setTimeout(r, 12_000));
+      ann.send({ message: "after" });
+      await ann.waitFor((f) => f.type === "message" && f.message === "after", 10_000);
+      expect(server.output()).toContain("room rebuilt after hibernation");
+      await ann.close();
+      await receiver.until(() => receiver.accepted().some((r) => r.event.event === "member.left"), 20_000, "the leave");
+      expect(receiver.accepted().map((r) => [r.event.event, r.event.data.message ?? r.event.data.user])).toEqual([
+        ["member.joined", "ann"],
+        ["message.created", "before"],
+        ["message.created", "after"],
+        ["member.left", "ann"],
+      ]);
+      await server.stop();
+    } finally {
+      await receiver.close();
+    }
+  }, 90_000);
 });
