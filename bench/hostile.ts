@@ -178,6 +178,7 @@ async function attacker(attack: Attack, port: number): Promise<void> {
     return r.ws;
   };
 
+  if (attack !== "churn") process.stderr.write("attacker ready\n");
   if (attack === "history") {
     while (!stopping) {
       const ws = await handshake(`${base}?room=attic`, "chat.v1");
@@ -227,7 +228,7 @@ async function attacker(attack: Attack, port: number): Promise<void> {
         if (data.includes('"presence"')) stats.victimPresenceFrames++;
       });
     }
-    process.stderr.write("victims ready\n");
+    process.stderr.write("attacker ready\n");
     const loop = async (k: number) => {
       let n = 0;
       while (!stopping) {
@@ -300,9 +301,10 @@ function startAttacker(attack: Attack, port: number): { stop(): Promise<AttackSt
   });
   child.stderr?.on("data", (c: Buffer) => {
     err = (err + c.toString()).slice(-4000);
-    if (err.includes("victims ready")) readyResolve();
+    if (err.includes("attacker ready")) readyResolve();
   });
-  if (attack !== "churn") setTimeout(readyResolve, 500);
+  // Bounded: an attacker that never gets ready is reported without stats.
+  setTimeout(readyResolve, 60_000);
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
   return {
     ready: Promise.race([ready, exited]),

@@ -60,11 +60,16 @@ describe("bench: hostile scenario smoke", () => {
       expect(r.load.lost, r.attack).toBe(0);
       expect(r.load.sent, r.attack).toBeGreaterThan(0);
     }
-    const stats = (a: string) => report.data.find((r) => r.attack === a)!.stats!;
+    const stats = (a: string) => {
+      const run = report.data.find((r) => r.attack === a)!;
+      expect(run.stats, `${a}: the attacker reported`).not.toBeNull();
+      return run.stats!;
+    };
+    const detail = JSON.stringify(report.data.map((r) => r.stats));
     // Each attack met its limit: told to wait, or its requests served only up to the budget.
-    expect(stats("history").rateLimited + stats("history").refused).toBeGreaterThan(0);
+    expect(stats("history").rateLimited + stats("history").refused, detail).toBeGreaterThan(0);
     expect(stats("history").served).toBeLessThan(stats("history").framesSent);
-    expect(stats("reconnect").rateLimited + stats("reconnect").refused).toBeGreaterThan(0);
+    expect(stats("reconnect").rateLimited + stats("reconnect").refused, detail).toBeGreaterThan(0);
     expect(stats("invalid").served).toBeLessThan(stats("invalid").framesSent);
     expect(stats("churn").victims).toBe(150);
     expect(report.markdown).toMatch(/\| node \| invalid-frame flood \| 0 of /);
