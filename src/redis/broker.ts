@@ -111,6 +111,7 @@ export class RedisBroker {
   readonly #rooms = new Map<string, BrokerRoom>();
   #handler: BrokerHandler | null = null;
   #closed = false;
+  #catchUpTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(options: RedisBrokerOptions) {
     this.#redis = options.redis;
@@ -123,19 +124,19 @@ export class RedisBroker {
     this.#sub.on(this.#sharded ? "smessage" : "message", onMessage);
     if (this.#sharded) {
       // A cluster client subscribes again by itself after a failover; what
-      // was published meanwhile is read from the streams once it says so.
-      // Until then, what arrives waits behind that catch-up.
-      const lost = () => {
+      // was published meanwhile is read from the streams. Until that read,
+      // what arrives waits behind it (so order holds). A node lost may or
+      // may not move subscriptions (a replica's does not): read soon anyway,
+      // and again once ioredis says the subscriptions are back (it issues
+      // the SSUBSCRIBEs without waiting for them, hence the delay).
+      const behind = (ms: number) => {
         for (const r of this.#rooms.values()) if (r.live) r.syncing ??= [];
+        clearTimeout(this.#catchUpTimer);
+        this.#catchUpTimer = setTimeout(() => void this.#catchUpAll(), ms);
       };
-      this.#sub.on("-node", lost);
-      this.#sub.on("-subscriber", lost);
-      this.#sub.on("close", lost);
-      this.#sub.on("subscribersReady", () => {
-        // ioredis issues the SSUBSCRIBEs without waiting for them: read a
-        // moment later, so nothing falls between the read and the subscription.
-        setTimeout(() => void this.#catchUpAll(), 250);
-      });
+      this.#sub.on("-node", () => behind(1000));
+      this.#sub.on("-subscriber", () => behind(1000));
+      this.#sub.on("subscribersReady", () => behind(250));
     } else {
       this.#sub.on("ready", () => void this.#resubscribe());
     }
@@ -456,34 +457,55 @@ export class RedisBroker {
   }
 
   async #catchUp(room: BrokerRoom): Promise<void> {
-    try {
-      // The catch-up reads on the other connection, which may still be reconnecting.
-      for (let i = 0; i < 50 && this.#redis.status !== "ready" && !this.#closed; i++) {
-        await new Promise((r) => setTimeout(r, 100));
+    // A cluster's shard may still be failing over: its reads fail until a
+    // replica takes over (~2 s with cluster-node-timeout 1000). Try for 5 s.
+    const attempts = this.#sharded ? 20 : 1;
+    for (let attempt = 1; attempt <= attempts && !this.#closed; attempt++) {
+      try {
+        await this.#catchUpOnce(room);
+        break;
+      } catch (error) {
+        if (attempt < attempts) {
+          await new Promise((r) => setTimeout(r, 250));
+          continue;
+        }
+        // What the members missed is unknown: they resume, which reports any gap.
+        this.#logger.warn({ room: room.name, err: error }, "catch-up failed; asking clients to resume");
+        this.#handler?.reset(room.name, "catch-up failed");
       }
-      const seen = room.last ?? room.base;
-      const { epoch, base } = await this.#log.epoch(room.name, seen);
-      if (epoch !== room.epoch && room.epoch !== null) {
-        this.#epochSeen(room, epoch, base);
-      } else {
-        room.epoch = epoch;
-        const { messages, more } = await this.#log.after(room.name, seen, this.#catchUpLimit);
-        for (const m of messages) this.#deliver(room, m.id, serialize(m));
-        if (more) throw new Error(`more than ${this.#catchUpLimit} messages missed`);
-      }
-    } catch (error) {
-      // What the members missed is unknown: they resume, which reports any gap.
-      this.#logger.warn({ room: room.name, err: error }, "catch-up failed; asking clients to resume");
-      this.#handler?.reset(room.name, "catch-up failed");
     }
     const queued = room.syncing ?? [];
     room.syncing = null;
     for (const payload of queued) this.#handle(room, payload);
   }
 
+  async #catchUpOnce(room: BrokerRoom): Promise<void> {
+    // The catch-up reads on the other connection, which may still be reconnecting.
+    for (let i = 0; i < 50 && this.#redis.status !== "ready" && !this.#closed; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const seen = room.last ?? room.base;
+    const { epoch, base } = await this.#log.epoch(room.name, seen);
+    if (epoch !== room.epoch && room.epoch !== null) {
+      this.#epochSeen(room, epoch, base);
+    } else {
+      room.epoch = epoch;
+      const { messages, more } = await this.#log.after(room.name, seen, this.#catchUpLimit);
+      for (const m of messages) this.#deliver(room, m.id, serialize(m));
+      if (more) {
+        this.#logger.warn(
+          { room: room.name },
+          `more than ${this.#catchUpLimit} messages missed; asking clients to resume`,
+        );
+        this.#handler?.reset(room.name, "too much missed");
+      }
+    }
+  }
+
   /** Stops: no more deliveries. The clients are the caller's. */
   stop(): void {
     this.#closed = true;
+    clearTimeout(this.#catchUpTimer);
     this.#rooms.clear();
   }
 }
