@@ -983,8 +983,10 @@ export class ChatClient {
         this.#failHistory(error);
         return;
       }
-    } else if (this.#history && frame.code !== "rate_limited" && frame.code !== "token_expired") {
-      // A server that does not echo cids on history errors.
+    } else if (this.#history && frame.code !== "token_expired") {
+      // The server answers a refused `history` frame without its cid (this
+      // one's rate limit included): with a request waiting, the error is its
+      // answer. The client's only other uncorrelated frame is a rare ping.
       this.#failHistory(error);
       return;
     }

@@ -349,14 +349,27 @@ describe("ChatClient with a scripted server", () => {
     expect(c.hasOlder).toBe(false);
   });
 
-  it("rejects a rate-limited send with retryAfterMs, and a history request by its cid", async () => {
+  it("rejects a rate-limited send with retryAfterMs, and a history request refused without a cid", async () => {
     const { c, socket } = scripted();
     const s0 = await socket(0);
-    s0.push(welcome([]));
+    const [m0, m1] = messagesOf(2);
+    s0.push(welcome([m1!]));
+    await until(() => s0.of("history").length === 1, "the probe");
+    const probe = s0.of("history")[0]!;
+    s0.push({ type: "history", messages: [m0], before: probe.before });
+    await until(() => c.hasOlder, "hasOlder");
+
     const sending = c.send("too fast");
     const [out] = s0.of("message");
     s0.push({ type: "error", code: "rate_limited", message: "slow down", cid: out!.cid, retryAfterMs: 1200 });
     await expect(sending).rejects.toMatchObject({ code: "rate_limited", retryAfterMs: 1200 });
+
+    // The server refuses a `history` frame without echoing a cid: with one waiting, that is its answer.
+    const older = c.loadOlder(50);
+    await until(() => s0.of("history").length === 2, "the history request");
+    s0.push({ type: "error", code: "rate_limited", message: "slow down", retryAfterMs: 1500 });
+    await expect(older).rejects.toMatchObject({ code: "rate_limited", retryAfterMs: 1500 });
+
     const errors: unknown[] = [];
     c.on("error", (e) => errors.push(e));
     s0.push({ type: "error", code: "rate_limited", message: "typing too often", retryAfterMs: 800 });
