@@ -21,7 +21,8 @@ function build(env: Record<string, string> = {}) {
   const store = new FailingStore(new MemoryStore());
   const hub = new MemoryHub(store, silentLogger);
   const chat = createChat({
-    config: loadConfig(env),
+    // chat.test is the Host of these requests (ALLOWED_HOSTS: see limits.test.ts and the fair-use cases).
+    config: loadConfig({ ALLOWED_HOSTS: "chat.test", ...env }),
     hub,
     store,
     logger: silentLogger,
@@ -87,6 +88,15 @@ describe("createChat routes", () => {
     expect(await res.json()).toEqual({ error: "not found" });
     expect(res.headers.get("content-security-policy")).toContain("default-src 'self'");
     expect(res.headers.get("x-content-type-options")).toBe("nosniff");
+  });
+
+  it("a Host that is not allowed is refused 403 before anything else (DNS rebinding)", async () => {
+    const { chat } = build({ ALLOWED_HOSTS: "other.test" });
+    const res = await chat.app.request("/websocket", { headers: upgrade });
+    expect(res.status).toBe(403);
+    expect(await res.json()).toMatchObject({ error: expect.stringMatching(/host/) });
+    expect((await chat.app.request("/rooms/lobby/messages", { headers: { Host: "chat.test" } })).status).toBe(403);
+    expect((await chat.app.request("/rooms/lobby/messages", { headers: { Host: "other.test" } })).status).toBe(200);
   });
 
   it("the origin rule compares host and port with Host", async () => {
