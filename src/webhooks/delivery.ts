@@ -105,6 +105,9 @@ export class WebhookDelivery {
   #timer: ReturnType<typeof setTimeout> | null = null;
   #gaugeAt = 0;
   #leaseHeld = true;
+  /** When the loop's outbox reads started failing (0: they work), and when that was last logged. */
+  #failingSince = 0;
+  #loggedFailureAt = 0;
 
   constructor(options: WebhookDeliveryOptions) {
     this.#o = {
@@ -199,9 +202,22 @@ export class WebhookDelivery {
         await this.#fill();
         await this.#sampleGauge(false);
         await this.#sleep(await this.#nextWait());
+        if (this.#failingSince !== 0) {
+          this.#o.logger.info({ downMs: Date.now() - this.#failingSince }, "webhook outbox readable again");
+          this.#failingSince = 0;
+        }
       } catch (error) {
-        // The outbox's backend is away (Redis down): try again after a poll.
-        this.#o.logger.warn({ err: error }, "webhook delivery loop could not read the outbox");
+        // The outbox's backend is away (Redis down): try again after a poll,
+        // logging the first failure and then one line a minute, not one per poll.
+        const now = Date.now();
+        if (this.#failingSince === 0) this.#failingSince = now;
+        if (now - this.#loggedFailureAt >= 60_000) {
+          this.#loggedFailureAt = now;
+          this.#o.logger.warn(
+            { err: error, downMs: now - this.#failingSince },
+            "webhook delivery loop could not read the outbox; retrying",
+          );
+        }
         await this.#sleep(this.#o.pollMs);
       }
     }

@@ -19,7 +19,15 @@ import { RedisLease, RedisOutbox, WebhookKeys } from "../../src/webhooks/redis-o
 import { SqliteOutbox } from "../../src/webhooks/sqlite-outbox.ts";
 import { outboxSink } from "../../src/webhooks/start.ts";
 import { fetchPost, type WebhookPost } from "../../src/webhooks/transport.ts";
-import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
+import {
+  deleteKeys,
+  haveRedisServer,
+  PrivateRedis,
+  REDIS_URL,
+  redisSkipReason,
+  uniquePrefix,
+} from "../helpers/redis.ts";
+import { freePort } from "../helpers/server.ts";
 import { freshRoom, makeEvent } from "./webhooks-outbox.contract.ts";
 import { type Receiver, startReceiver, validSignature } from "./webhooks-receiver.ts";
 
@@ -356,5 +364,36 @@ describe.skipIf(redisSkipReason !== null)(`webhook delivery over Redis${skipped}
     up = true;
     await to.until(() => to.accepted().length === 5, 20_000, "5 accepted");
     expect(to.accepted().map((r) => r.event.data.user)).toEqual(["u0", "u1", "u2", "u3", "u4"]);
+  });
+
+  it.skipIf(!haveRedisServer)("carries on after Redis was away: pending events go out once it is back", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "chat-wh-redis-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const redisServer = new PrivateRedis(await freePort(), dir);
+    await redisServer.start();
+    cleanups.push(() => redisServer.stop());
+    let up = false;
+    const to = await receiver(() => (up ? 200 : 503));
+    const prefix = uniquePrefix("wh");
+    const redis = createRedisClient(redisServer.url);
+    redis.on("error", () => {});
+    await waitReady(redis, 3000);
+    const owner = crypto.randomUUID();
+    const outbox = new RedisOutbox(redis, { prefix, owner, owned: true });
+    cleanups.push(() => outbox.close());
+    const lease = new RedisLease(redis, new WebhookKeys(prefix), owner, 2000);
+    const d = delivery(outbox, to, { lease, pollMs: 50, firstRetryMs: 50, maxRetryMs: 100 });
+    const room = freshRoom();
+    for (let k = 0; k < 3; k++) await outbox.add(makeEvent(room, k));
+    d.start();
+    await to.until(() => to.received.length >= 1, undefined, "a refused attempt");
+    await redisServer.save();
+    await redisServer.stop();
+    // Redis is away for a while: the loop's reads fail and it keeps trying.
+    await new Promise((r) => setTimeout(r, 300));
+    await redisServer.start();
+    up = true;
+    await to.until(() => to.accepted().length === 3, 20_000, "3 accepted after Redis came back");
+    expect(to.accepted().map((r) => r.id)).toEqual([0, 1, 2].map((k) => `ev-${room}-${k}`));
   });
 });
