@@ -135,7 +135,7 @@ const schema = z.object({
   AUTH_ISSUER: z.optional(z.string().check(z.minLength(1))),
   /** With AUTH_SECRET: tokens' `aud` must be (or contain) this. @default unset (not checked) */
   AUTH_AUDIENCE: z.optional(z.string().check(z.minLength(1))),
-  /** Receiver of the webhooks (PROTOCOL 8.4); needs WEBHOOK_SECRET. @default unset (no webhooks) */
+  /** Receiver of the webhooks (docs/api.md: webhooks); needs WEBHOOK_SECRET. @default unset (no webhooks) */
   WEBHOOK_URL: z.optional(
     z.string().check(z.refine(isHttpUrl, "must be an http(s) URL like https://app.example.com/chat-events")),
   ),

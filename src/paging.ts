@@ -1,5 +1,5 @@
 /**
- * Paged replies (PROTOCOL 7): a welcome, a resume or a `history` answer of
+ * Paged replies (docs/protocol.md): a welcome, a resume or a `history` answer of
  * any size reaches a client that reads, and costs bounded memory for one
  * that does not.
  *

@@ -9,7 +9,7 @@
 import { en } from "zod/locales";
 import * as z from "zod/mini";
 
-/** The subprotocol that selects the full protocol (PROTOCOL.md section 3). */
+/** The subprotocol that selects the full protocol (docs/protocol.md, Modes). */
 export const SUBPROTOCOL = "chat.v1";
 
 /** `seed`: the original tutorial's frames only; `v1`: the `chat.v1` subprotocol. */
@@ -24,9 +24,9 @@ export const CloseCode = {
   MessageTooBig: 1009,
   InternalError: 1011,
   TryAgainLater: 1013,
-  /** The token's `exp` passed without a refresh (PROTOCOL 7). */
+  /** The token's `exp` passed without a refresh (docs/protocol.md). */
   TokenExpired: 4001,
-  /** The user was banned from the room (PROTOCOL 8.2). */
+  /** The user was banned from the room (docs/protocol.md: moderation). */
   Banned: 4003,
 } as const;
 
@@ -121,14 +121,14 @@ export interface AuthAnswerFrame {
   cid?: string;
 }
 
-/** A message left the room's history (PROTOCOL 8.2), to every v1 member. */
+/** A message left the room's history (docs/protocol.md: moderation), to every v1 member. */
 export interface DeletedFrame {
   type: "deleted";
   room: string;
   id: string;
 }
 
-/** A message's text was edited (PROTOCOL 8.2), to every v1 member. */
+/** A message's text was edited (docs/protocol.md: moderation), to every v1 member. */
 export interface EditedFrame {
   type: "edited";
   room: string;
@@ -160,7 +160,7 @@ export type ServerFrame =
   | EditedFrame
   | BanAnswerFrame;
 
-/** A token refresh (PROTOCOL 7). */
+/** A token refresh (docs/protocol.md). */
 export interface AuthFrame {
   type: "auth";
   token: string;

@@ -1,5 +1,5 @@
 /**
- * The server API (PROTOCOL 8.3): the application's own backend posts,
+ * The server API (docs/api.md: server API): the application's own backend posts,
  * deletes, bans and looks at rooms. Mounted at `/api` only when API_KEY is
  * set; every call carries `Authorization: Bearer <API_KEY>`.
  *

@@ -58,7 +58,7 @@ export class MemoryHub implements Hub {
   /**
    * @param broadcaster native fan-out for the rooms (Bun's topic publish)
    *   @default null: one send per member
-   * @param events the webhooks' sink (PROTOCOL 8.4), told after each action
+   * @param events the webhooks' sink (docs/api.md: webhooks), told after each action
    *   took effect @default null: nothing is reported, at no cost per message
    * @param presenceIntervalMs presence merging (PRESENCE_INTERVAL_MS, see
    *   LocalRoom.presenceChanged); 0 sends every change at once @default 250

@@ -80,7 +80,7 @@ export class LocalRoom {
   /**
    * Tells the room's v1 members that names joined or left, merged so that a
    * member gets at most one presence frame per `presenceIntervalMs` however
-   * fast people come and go (PROTOCOL 3.3 and 7). The first change after a
+   * fast people come and go (docs/protocol.md: presence, fair use). The first change after a
    * quiet interval goes out at once; later ones wait for the interval's end
    * and go out as one frame. A frame's `users` is exact when it is sent, and
    * `joined` / `left` name everyone since the last frame (a string for one

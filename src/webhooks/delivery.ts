@@ -26,7 +26,7 @@ export interface WebhookDeliveryOptions {
   logger: Logger;
   /** @default noopMetrics */
   metrics?: Metrics;
-  /** Longest wait for the receiver's answer (PROTOCOL 8.4: 5 s). @default 5000 */
+  /** Longest wait for the receiver's answer (docs/api.md, webhooks: 5 s). @default 5000 */
   timeoutMs?: number;
   /** Rooms delivered at the same time (each in order, one request at a time). @default 32 */
   concurrency?: number;
@@ -74,7 +74,7 @@ const REMOVE_EVERY = 32;
 const REMOVE_AFTER_MS = 500;
 
 /**
- * The webhook delivery loop (PROTOCOL 8.4): one per instance (or per Durable
+ * The webhook delivery loop (docs/api.md: webhooks): one per instance (or per Durable
  * Object), never one timer per event. It finds rooms whose head event is due,
  * and delivers each such room's events in order, one request at a time, up to
  * `concurrency` rooms at once; a room whose head fails waits (head-of-line:

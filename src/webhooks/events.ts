@@ -1,7 +1,7 @@
 import type { ChatMessage } from "../protocol.ts";
 
 /**
- * What a hub reports to the webhooks (PROTOCOL 8.4), one per action, after
+ * What a hub reports to the webhooks (docs/api.md: webhooks), one per action, after
  * the action took effect:
  * - `message.created`: after the store accepted the message; `data` is the
  *   message frame as members get it.

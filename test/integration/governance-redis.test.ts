@@ -1,5 +1,5 @@
 /**
- * Governance across instances (PROTOCOL 8.3: "with HUB=redis a call on one
+ * Governance across instances (docs/api.md: server API: "with HUB=redis a call on one
  * instance acts on every instance"): two Node servers on one Redis. A server
  * API call or a moderation frame on instance A acts on the members of
  * instance B, and a ban on A closes the user on B and refuses them on B.

@@ -1,5 +1,5 @@
 /**
- * Governance on every runtime (PROTOCOL 7 token lifetime, 8.1-8.3): the
+ * Governance on every runtime (docs/protocol.md token lifetime, 8.1-8.3): the
  * `rooms` and `role` claims, moderation frames, bans, the server API, and
  * tokens that expire on an open connection. Called once from
  * server.suite.ts with the runtime's target; real servers, real clients.
@@ -72,7 +72,7 @@ const isMsg = (f: Json) => f.type === "message";
 export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {}): void {
   const has = (k: keyof GovernanceCaps) => caps[k] !== false;
 
-  describe("governance (PROTOCOL 7 token lifetime, 8)", () => {
+  describe("governance (docs/protocol.md token lifetime, 8)", () => {
     let gov: RunningServer;
     let plain: RunningServer;
 

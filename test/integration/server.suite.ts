@@ -516,7 +516,7 @@ export function serverSuite(target: ServerTarget, caps: SuiteCaps = {}): void {
       });
     });
 
-    describe("errors and limits (PROTOCOL 3.5)", () => {
+    describe("errors and limits (docs/protocol.md: limits and errors)", () => {
       const rows: [string, string | Buffer, string][] = [
         ["not JSON", "hello there", "invalid_json"],
         ["a JSON array", "[1,2,3]", "invalid_json"],

@@ -1,5 +1,5 @@
 /**
- * Webhooks (PROTOCOL 8.4) against a real server of each runtime, with a real
+ * Webhooks (docs/api.md: webhooks) against a real server of each runtime, with a real
  * receiver on 127.0.0.1 in the test process: the events a room produces,
  * signed, in order; pending events surviving a restart; the start-up rule
  * for WEBHOOK_SECRET. Called once from server.suite.ts.

@@ -341,7 +341,7 @@ export function hubContract(name: string, makeHubs: MakeHubs): void {
       expect(await hubs[0]!.users(freshRoom())).toEqual([]);
     });
 
-    // Governance (PROTOCOL 8): server-API publish, edit, delete, kick, rooms.
+    // Governance (docs/protocol.md, docs/api.md): server-API publish, edit, delete, kick, rooms.
 
     /** Waits (bounded) until `socket` was closed; frames cross hubs asynchronously. */
     async function closedWith(socket: FakeSocket): Promise<{ code: number; reason: string }> {
@@ -454,7 +454,7 @@ export function hubContract(name: string, makeHubs: MakeHubs): void {
       expect(await mine()).toEqual([]);
     });
 
-    // Presence merging (PROTOCOL 3.3 and 7): a member gets at most one
+    // Presence merging (docs/protocol.md: presence, fair use): a member gets at most one
     // presence frame per PRESENCE_INTERVAL_MS however fast others come and go.
 
     /** Presence frames of a socket, with `joined` / `left` as arrays. */

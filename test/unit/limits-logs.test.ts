@@ -1,6 +1,6 @@
 /**
  * Logs: client-supplied strings cannot put control characters on the
- * operator's terminal, in either format (PROTOCOL 7, issue 10: a `cid`
+ * operator's terminal, in either format (docs/protocol.md, issue 10: a `cid`
  * holding `\u001b[31m` was written raw into the text log).
  */
 import { describe, expect, it } from "vitest";

@@ -1,5 +1,5 @@
 /**
- * Paged replies (src/paging.ts, PROTOCOL 7) through a real Session, MemoryHub
+ * Paged replies (src/paging.ts, docs/protocol.md) through a real Session, MemoryHub
  * and MemoryStore, with the one fake a real server cannot give on demand: a
  * socket whose client stops reading (FakeSocket.buffered) and starts again.
  * No timing: "nothing more was sent" is checked after the pager has polled

@@ -1,5 +1,5 @@
 /**
- * Fair use (issue 10, PROTOCOL 7) on a real server of every runtime: each
+ * Fair use (issue 10, docs/protocol.md) on a real server of every runtime: each
  * row of the issue's table that FU owns is tried as the hostile client did,
  * and the new behaviour is checked. Counts and bounds only: how fast the
  * server stays for everyone else is measured by `npm run bench -- hostile`,

@@ -1,5 +1,5 @@
 /**
- * Replies that used to cut an honest client (issue 10, PROTOCOL 7), on a real
+ * Replies that used to cut an honest client (issue 10, docs/protocol.md), on a real
  * server of every runtime: a resume of 1000 messages of 8 KB, a `history`
  * answer of 4 MB, and HISTORY_TTL retention. Counts and order only; how long
  * anything takes is never asserted.
