@@ -221,7 +221,7 @@ function specFor(s: Scenario, o: Options): Omit<LoadSpec, "url" | "serverPid"> {
     return { scenario: s, clients: 1000, senders: 10, rate: 10, durationMs: o.fanoutMs, drainMs: 5000 };
   if (s === "saturation")
     return { scenario: s, clients: 200, senders: 10, window: 16, durationMs: o.saturationMs, drainMs: 5000 };
-  return { scenario: s, clients: o.idleClients, holdMs: 2000, connectConcurrency: 100 };
+  return { scenario: s, clients: o.idleClients, holdMs: 2000, connectConcurrency: 100, connectTimeoutMs: 180_000 };
 }
 
 /** Starts a target on a free port (ours with OURS_ENV). */
@@ -439,8 +439,9 @@ async function main(): Promise<void> {
   const o = parseArgs(argv);
   const all = [...TARGETS];
   if (o.compare) {
-    // The same Node rows from the other checkout, for before/after measurements.
-    for (const t of TARGETS.filter((x) => x.role === "ours" && x.runtime === "node")) {
+    // Our rows again from the other checkout (its node_modules: a link to
+    // this one's will do), for before/after measurements in the same run.
+    for (const t of TARGETS.filter((x) => x.role === "ours")) {
       all.push({ ...t, name: `${t.name} (compare)`, cwd: o.compare });
     }
   }
