@@ -165,15 +165,19 @@ export class RedisHub implements Hub {
       local = new LocalRoom(roomName, this.#broadcaster, this.#presenceInterval);
       this.#rooms.set(roomName, local);
     }
-    // Listed before the subscription settles, so a leave meanwhile does not drop the room under it.
+    // Listed (and counted) before the subscription settles, so a leave
+    // meanwhile does not drop the room under it, and its count comes after.
     local.add(member);
+    this.#presence.count(roomName, 1);
     try {
       await this.#broker.open(roomName);
     } catch (error) {
-      this.#remove(roomName, local, member);
+      if (this.#remove(roomName, local, member)) this.#presence.count(roomName, -1);
       throw error;
     }
-    this.#presence.count(roomName, 1);
+    // Gone while the room opened (the client vanished): its presence entry
+    // would outlive it until the TTL, since its leave already ran.
+    if (!local.members.has(member)) return this.#presence.list(roomName);
     if (member.name === null) return this.#presence.list(roomName);
     const change = await this.#presence.join(roomName, member.name);
     this.#reportPresence(roomName, change);
