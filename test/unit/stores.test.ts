@@ -120,4 +120,28 @@ describe("SqliteStore", () => {
     expect(await store.bannedUntil("r", "forever", clock)).toBe(Number.POSITIVE_INFINITY);
     await store.close();
   });
+
+  it("remembers prune counts for a bounded number of rooms; a room that fell out is pruned on its next append", async () => {
+    const db = new Database(":memory:");
+    const store = new SqliteStore(db, 100);
+    const count = (room: string) =>
+      (db.prepare("SELECT count(*) AS n FROM messages WHERE room = ?").get(room) as { n: number }).n;
+    const m = (room: string, i: number) => ({
+      type: "message" as const,
+      id: `${String(1_000_000 + i).padStart(13, "0")}-000000`,
+      room,
+      user: "u",
+      message: "x",
+      ts: 1_000_000 + i,
+    });
+    // 105 in room a: pruned every tenth append, so between 100 and 110 are kept.
+    for (let i = 0; i < 105; i++) await store.append(m("a", i));
+    expect(count("a")).toBeGreaterThan(100);
+    // 5000 other rooms push room a out of the remembered ones (4096)...
+    await Promise.all(Array.from({ length: 5000 }, (_, k) => store.append(m(`other-${k}`, 200 + k))));
+    // ...so its next append finds it due and prunes it back to the limit.
+    await store.append(m("a", 10_000));
+    expect(count("a")).toBe(100);
+    await store.close();
+  });
 });
