@@ -3,6 +3,7 @@ import { secureHeaders } from "hono/secure-headers";
 import type { UpgradeWebSocket, WSContext, WSEvents } from "hono/ws";
 import type { Config } from "./config.ts";
 import { createApi } from "./governance/api.ts";
+import type { ExpiryClock } from "./governance/expiry.ts";
 import {
   decodeIdentity,
   type Identity,
@@ -62,6 +63,8 @@ export interface AppDeps {
    * @default false
    */
   behindFront?: boolean;
+  /** What wakes connections at their token's `exp` (governance/expiry.ts). @default timers */
+  expiry?: ExpiryClock;
 }
 
 /** Hono's env for the app: what the upgrade check hands the WebSocket handler. */
@@ -394,7 +397,7 @@ export function createChat(deps: AppDeps): Chat {
     },
     deps.upgradeWebSocket((c) => {
       const init: SessionInit = c.get("chatSession");
-      const session = new Session({ hub, store, config, logger, metrics, addresses }, init);
+      const session = new Session({ hub, store, config, logger, metrics, addresses, expiry: deps.expiry }, init);
       return new ChatEvents(session, `c${(++nextSocketId).toString(36)}`, shared);
     }),
   );

@@ -1,11 +1,12 @@
 import type { Config } from "./config.ts";
+import type { ExpiryClock } from "./governance/expiry.ts";
 import {
   ConnectionGovernance,
   type GovernanceFrame,
   type GovernanceHost,
   refuseWithoutToken,
 } from "./governance/moderation.ts";
-import type { Identity } from "./governance/token.ts";
+import { encodeIdentity, type Identity } from "./governance/token.ts";
 import { type ChatSocket, type Hub, Member } from "./hub/hub.ts";
 import { type AddressLimits, type ChargeKind, ConnectionLimits, readCost, textCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
@@ -34,6 +35,8 @@ export interface SessionDeps {
   metrics: Metrics;
   /** The server's per-address table (connection cap, shared bucket). @default none: per connection only */
   addresses?: AddressLimits;
+  /** What wakes a connection at its token's `exp` (a Durable Object: its alarm). @default timers */
+  expiry?: ExpiryClock;
 }
 
 /** One connection's parameters, checked before the upgrade. */
@@ -58,6 +61,9 @@ export interface SessionInit {
 export const INBOX_MAX_FRAMES = 64;
 /** Bytes (UTF-8) held before the welcome; see {@link INBOX_MAX_FRAMES}. */
 export const INBOX_MAX_BYTES = 256 * 1024;
+
+/** Shortest time a connection past its invalid-frame budget is not read (its frames dropped). */
+const INVALID_MUTE_MS = 1000;
 
 /** Error lines logged per connection; the rest are counted (a summary line at most once a minute, and at close). */
 export const ERROR_LINES_PER_CONNECTION = 5;
@@ -162,7 +168,7 @@ export class Session {
     });
     this.#member = member;
     if (this.init.identity) {
-      const govDeps = { hub, store: this.deps.store, tokens: config, logger: this.#log };
+      const govDeps = { hub, store: this.deps.store, tokens: config, logger: this.#log, clock: this.deps.expiry };
       this.#gov = new ConnectionGovernance(govDeps, this.#host(), this.init.identity);
     }
     metrics.connectionOpened(mode);
@@ -282,8 +288,11 @@ export class Session {
       this.#error(code, message, cid);
       return;
     }
-    this.#mutedUntil = Date.now() + wait;
-    this.#error("rate_limited", "too many invalid frames; every frame is dropped for retryAfterMs", cid, wait);
+    // At least a second: a short mute would let the next read in at once.
+    const mute = Math.max(wait, INVALID_MUTE_MS);
+    this.#mutedUntil = Date.now() + mute;
+    this.#error("rate_limited", "too many invalid frames; every frame is dropped for retryAfterMs", cid, mute);
+    this.#member?.socket.pause?.(mute);
   }
 
   /** Handles one frame from the client. */
@@ -404,6 +413,7 @@ export class Session {
       deliver: (text) => this.#member?.deliver(text),
       error: (code, message, cid) => this.#error(code, message, cid),
       close: (code, reason) => this.close(code, reason),
+      identityChanged: (identity) => this.#member?.socket.persist?.("identity", encodeIdentity(identity)),
     };
   }
 

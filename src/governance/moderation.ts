@@ -24,6 +24,7 @@ import {
   serialize,
 } from "../protocol.ts";
 import type { HistoryStore } from "../store/store.ts";
+import { type ExpiryClock, timerClock } from "./expiry.ts";
 import { type Identity, isRefusal, roomAllowed, type TokenSettings, verifyToken } from "./token.ts";
 
 /** The client frames this module handles. */
@@ -39,6 +40,11 @@ export interface GovernanceHost {
   deliver(text: string): void;
   error(code: ErrorCode, message: string, cid?: string): void;
   close(code: number, reason: string): void;
+  /**
+   * Told after a refresh replaced the identity, so a runtime that rebuilds
+   * connections (Workers, after hibernation) rebuilds this one with it.
+   */
+  identityChanged?(identity: Identity): void;
 }
 
 /** What every connection's governance shares. */
@@ -48,6 +54,8 @@ export interface GovernanceDeps {
   /** AUTH_SECRET, AUTH_ISSUER, AUTH_AUDIENCE: refresh tokens are checked as at the handshake. */
   tokens: TokenSettings;
   logger: Logger;
+  /** What wakes the connection at its token's `exp`. @default timerClock */
+  clock?: ExpiryClock;
 }
 
 /** Ban of `user` in `room`: stored first (so a reconnect is refused), then every connection of theirs closed. */
@@ -65,9 +73,6 @@ export async function banUser(
   return until;
 }
 
-/** Longest single wait of a timer (setTimeout's limit is 2^31-1 ms, about 24.8 days). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /**
  * The moderation frames, the refresh and the expiry of one connection that
  * came with a token. Built only for such connections, so a server without
@@ -75,7 +80,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  */
 export class ConnectionGovernance {
   #identity: Identity;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #cancel: (() => void) | undefined;
   #stopped = false;
 
   constructor(
@@ -96,25 +101,21 @@ export class ConnectionGovernance {
     this.#arm();
   }
 
-  /** Stops the expiry timer (the connection is gone). */
+  /** Stops the expiry (the connection is gone). */
   stop(): void {
     this.#stopped = true;
-    clearTimeout(this.#timer);
+    this.#cancel?.();
+    this.#cancel = undefined;
   }
 
   #arm(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#cancel?.();
+    this.#cancel = undefined;
     const exp = this.#identity.exp;
     if (exp === null || this.#stopped) return;
-    const wait = exp * 1000 - Date.now();
-    if (wait <= 0) {
-      this.#expire();
-      return;
-    }
-    this.#timer = setTimeout(() => this.#arm(), Math.min(wait, MAX_TIMER_MS));
-    // Node: an open connection's timer must not keep a draining process up.
-    (this.#timer as { unref?: () => void }).unref?.();
+    // Already past: the timer clock expires it at once; the alarm clock on its
+    // next alarm (after a Durable Object's rebuild, whose sends are dropped).
+    this.#cancel = (this.deps.clock ?? timerClock).schedule(exp * 1000, () => this.#expire());
   }
 
   #expire(): void {
@@ -162,6 +163,7 @@ export class ConnectionGovernance {
     }
     this.#identity = result;
     this.#arm();
+    this.host.identityChanged?.(result);
     const answer: AuthAnswerFrame = { type: "auth", exp: result.exp };
     if (frame.cid !== undefined) answer.cid = frame.cid;
     this.host.deliver(serialize(answer));

@@ -17,6 +17,20 @@ export interface ChatSocket {
    * {@link SharedFrame}; without this method, `send(frame.text)` is used.
    */
   sendShared?(frame: SharedFrame): void;
+  /**
+   * Optional: stop reading this client's frames for `ms` (TCP backpressure
+   * then slows the client itself). The session calls it for a connection
+   * that floods invalid frames: dropping them unread still costs the
+   * WebSocket layer their framing, a pause does not. Without it the frames
+   * are only dropped.
+   */
+  pause?(ms: number): void;
+  /**
+   * Optional: keeps a small value with the connection where the runtime
+   * rebuilds connections from (Workers: the socket's attachment, read again
+   * after hibernation). Without it the value lives only as long as the process.
+   */
+  persist?(key: string, value: string): void;
 }
 
 /**

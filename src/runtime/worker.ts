@@ -46,6 +46,7 @@ import { defineWebSocketHelper, WSContext, type WSEvents, type WSReadyState } fr
 import { authenticate, type Chat, checkUpgrade, createChat, securityHeaders } from "../app.ts";
 import { type Config, ConfigError, loadConfig } from "../config.ts";
 import { apiBodyLimit, requireApiKey } from "../governance/api.ts";
+import { AlarmClock } from "../governance/expiry.ts";
 import { encodeIdentity } from "../governance/token.ts";
 import type { ChatSocket } from "../hub/hub.ts";
 import { MemoryHub } from "../hub/memory.ts";
@@ -203,6 +204,14 @@ function workersSocket(raw: CfWebSocket, id: string, muted: () => boolean): Chat
     },
     // No bufferedAmount on Workers: the runtime queues frames itself (see the header).
     bufferedAmount: () => 0,
+    // Into the upgrade URL the rebuild after hibernation replays (a refreshed token's identity).
+    persist(key, value) {
+      const a = raw.deserializeAttachment() as Attachment | null;
+      if (!a) return;
+      const url = new URL(a.url);
+      url.searchParams.set(key, value);
+      raw.serializeAttachment({ ...a, url: url.href } satisfies Attachment);
+    },
   };
 }
 
@@ -245,6 +254,8 @@ export class ChatRoom {
   #rebuilding = false;
   /** Webhook outbox and delivery (WEBHOOK_URL), driven by the object's alarm. */
   readonly #webhooks: DurableWebhooks | null;
+  /** Token expiries, also on the alarm: a timer would keep the object from hibernating. */
+  readonly #expiry: AlarmClock;
 
   constructor(ctx: DurableObjectState, env: Env) {
     this.#ctx = ctx;
@@ -253,6 +264,16 @@ export class ChatRoom {
     // AUTH_SECRET stays: token refreshes (`auth` frames) are checked here.
     const config: Config = { ...workersConfig(env), allowedOrigins: [] };
     const logger = loggerFor(config);
+    // The one alarm is shared with the webhooks: set only when none is set sooner.
+    this.#expiry = new AlarmClock((at) => {
+      void (async () => {
+        const current = await ctx.storage.getAlarm();
+        if (current === null || current > at) await ctx.storage.setAlarm(at);
+      })().catch((error: unknown) =>
+        // String: consoleLogger has no error serializer (see onError below).
+        logger.error({ err: String(error) }, "could not set the alarm for a token's expiry"),
+      );
+    });
     const store = new SqliteStore(durableSqlite(ctx.storage), config.historyLimit, {
       ttlMs: config.historyTtlMs,
       // No timer in a Durable Object (it would keep the object from hibernating): pruned on writes.
@@ -273,6 +294,7 @@ export class ChatRoom {
       toSocket: (ws, id) => workersSocket(ws.raw as CfWebSocket, id, () => this.#rebuilding),
       runtime: "workerd",
       behindFront: true,
+      expiry: this.#expiry,
       // Per-address limits are kept per room here (docs/workers.md): the
       // client's address is Cloudflare's, which the edge sets on every request.
       peerAddress: (c) => c.req.header("cf-connecting-ip"),
@@ -363,6 +385,8 @@ export class ChatRoom {
 
   /** The object's one alarm: webhook delivery and its retries (src/webhooks/durable.ts). */
   async alarm(): Promise<void> {
+    const next = this.#expiry.fire(Date.now());
+    if (next !== null) this.#expiry.requestAlarm(next);
     await this.#webhooks?.alarm();
   }
 

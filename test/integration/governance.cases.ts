@@ -438,22 +438,26 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
         expect((rest.body as { messages: Json[] }).messages.map((x) => x.id)).toContain(m.id);
       });
 
-      it.runIf(has("restart"))("bans survive a restart", async () => {
-        const historyPath = tempHistoryPath();
-        const env = { AUTH_SECRET: SECRET, API_KEY, RATE_LIMIT_IP: "0" };
-        const first = await target.start(env, { historyPath });
-        const room = freshRoom();
-        const put = await fetchJson(`${first.url}/api/rooms/${room}/bans/kept`, {
-          method: "PUT",
-          headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-          body: "{}",
-        });
-        expect(put.status).toBe(204);
-        expect((await first.stop()).code).toBe(0);
-        const second = await target.start(env, { historyPath });
-        const refused = await expectRefused(`${second.wsUrl}${q({ room, token: await token({ name: "kept" }) })}`);
-        expect(refused).toMatchObject({ status: 403, body: { error: "banned" } });
-      });
+      it.runIf(has("restart"))(
+        "bans survive a restart",
+        async () => {
+          const historyPath = tempHistoryPath();
+          const env = { AUTH_SECRET: SECRET, API_KEY, RATE_LIMIT_IP: "0" };
+          const first = await target.start(env, { historyPath });
+          const room = freshRoom();
+          const put = await fetchJson(`${first.url}/api/rooms/${room}/bans/kept`, {
+            method: "PUT",
+            headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+            body: "{}",
+          });
+          expect(put.status).toBe(204);
+          expect((await first.stop()).code).toBe(0);
+          const second = await target.start(env, { historyPath });
+          const refused = await expectRefused(`${second.wsUrl}${q({ room, token: await token({ name: "kept" }) })}`);
+          expect(refused).toMatchObject({ status: 403, body: { error: "banned" } });
+        },
+        90_000,
+      ); // two server starts
     });
 
     describe("8.3 server API", () => {
@@ -695,7 +699,7 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
         expect(await c.waitFor("error")).toMatchObject({ code: "invalid_token" });
         c.send({ type: "auth", token: await token({ name: "d", ...good }) });
         expect(await c.waitFor((f) => f.type === "auth")).toMatchObject({ type: "auth" });
-      });
+      }, 90_000); // starts its own server: wrangler alone can take 20 s on a busy machine
     });
   });
 }

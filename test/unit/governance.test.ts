@@ -9,6 +9,7 @@ import type { UpgradeWebSocket } from "hono/ws";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createChat } from "../../src/app.ts";
 import { loadConfig } from "../../src/config.ts";
+import { AlarmClock } from "../../src/governance/expiry.ts";
 import { banUser, ConnectionGovernance, type GovernanceHost } from "../../src/governance/moderation.ts";
 import { decodeIdentity, encodeIdentity, type Identity, roomAllowed, verifyToken } from "../../src/governance/token.ts";
 import { Member } from "../../src/hub/hub.ts";
@@ -356,5 +357,58 @@ describe("a ban racing a handshake", () => {
     expect(socket.closes).toEqual([{ code: 4003, reason: "banned" }]);
     expect(socket.ofType("welcome")).toEqual([]);
     expect(await hub.users("r")).toEqual([]);
+  });
+});
+
+describe("AlarmClock (a Durable Object's expiries on its one alarm)", () => {
+  it("asks for an alarm per expiry, fires what is due, and answers the next one; cancelled ones never fire", () => {
+    const asked: number[] = [];
+    const clock = new AlarmClock((at) => asked.push(at));
+    const fired: string[] = [];
+    clock.schedule(3000, () => fired.push("c"));
+    clock.schedule(1000, () => fired.push("a"));
+    const cancel = clock.schedule(2000, () => fired.push("b"));
+    expect(asked).toEqual([3000, 1000, 2000]);
+    cancel();
+    expect(clock.fire(999)).toBe(1000);
+    expect(fired).toEqual([]);
+    expect(clock.fire(2500)).toBe(3000);
+    expect(fired).toEqual(["a"]);
+    expect(clock.fire(3000)).toBeNull();
+    expect(fired).toEqual(["a", "c"]);
+    expect(clock.size).toBe(0);
+  });
+
+  it("a connection on the alarm clock expires when the alarm fires, not before; a refresh is persisted", async () => {
+    const clock = new AlarmClock(() => {});
+    const store = new MemoryStore();
+    const deps = { hub: new MemoryHub(store, silentLogger), store, tokens: settings, logger: silentLogger, clock };
+    const events: string[] = [];
+    const kept: Identity[] = [];
+    const h: GovernanceHost = {
+      room: "r",
+      mode: "v1",
+      name: "n",
+      deliver: (text) => events.push(text),
+      error: (code: ErrorCode) => events.push(`error ${code}`),
+      close: (code: number) => events.push(`close ${code}`),
+      identityChanged: (identity) => kept.push(identity),
+    };
+    // Already past at start (a rebuild after hibernation): nothing until the alarm.
+    const gov = new ConnectionGovernance(deps, h, { name: "n", moderator: false, rooms: null, exp: nowS() - 1 });
+    gov.start();
+    expect(events).toEqual([]);
+    clock.fire(Date.now());
+    expect(events).toEqual(["error token_expired", "close 4001"]);
+    // A refresh on another connection re-schedules and reports the new identity.
+    events.length = 0;
+    const g2 = new ConnectionGovernance(deps, h, { name: "n", moderator: false, rooms: null, exp: nowS() + 5 });
+    g2.start();
+    const exp = nowS() + 600;
+    g2.handle({ type: "auth", token: await tok({ name: "n", exp }) });
+    await vi.waitFor(() => expect(kept).toHaveLength(1));
+    expect(kept[0]).toMatchObject({ name: "n", exp });
+    expect(clock.fire(Date.now() + 10_000)).toBe(exp * 1000);
+    expect(events).toEqual([JSON.stringify({ type: "auth", exp })]);
   });
 });
