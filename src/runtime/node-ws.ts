@@ -121,6 +121,12 @@ class WsSocket implements ChatSocket {
   bufferedAmount(): number {
     return this.raw.bufferedAmount;
   }
+
+  pause(ms: number): void {
+    // ws stops reading the TCP socket; frames already read still arrive (and are dropped).
+    this.raw.pause();
+    setTimeout(() => this.raw.resume(), ms).unref();
+  }
 }
 
 /**

@@ -129,7 +129,7 @@ describe("error lines", () => {
 });
 
 describe("invalid-frame budget", () => {
-  it("answers 1000 bad frames, then one rate_limited, then drops them unanswered; valid frames still work", async () => {
+  it("answers 1000 bad frames, then one rate_limited, then drops every frame for retryAfterMs (at least 1 s); then frames work", async () => {
     const config = loadConfig({});
     const hub = new MemoryHub(new MemoryStore(), silentLogger, null, null, 0);
     const session = new Session({ hub, store: hub.store, config, logger: silentLogger, metrics: noopMetrics }, init);
@@ -142,12 +142,17 @@ describe("invalid-frame budget", () => {
     const answered = errors.filter((e) => e.code === "invalid_json").length;
     expect(answered).toBeGreaterThanOrEqual(1000);
     expect(answered).toBeLessThanOrEqual(1000 + refilled);
+    expect(answered + 1).toBe(errors.length);
     const limited = errors.filter((e) => e.code === "rate_limited");
-    // One when the budget ran out (and one more each time a refilled token ran out again).
-    expect(limited.length).toBeGreaterThanOrEqual(1);
-    expect(limited.length).toBeLessThanOrEqual(1 + refilled);
+    // One when the budget ran out; then the connection is muted for a second.
+    expect(limited).toHaveLength(1);
     expect(errors.length).toBeLessThan(5000);
-    expect(limited[0]!.retryAfterMs).toBeGreaterThan(0);
+    // Muted: every frame, a valid one too, is dropped unread for the retryAfterMs it was told.
+    const wait = limited.at(-1)!.retryAfterMs as number;
+    expect(wait).toBeGreaterThanOrEqual(1000);
+    session.message(JSON.stringify({ type: "ping" }));
+    expect(socket.ofType("pong")).toHaveLength(0);
+    await new Promise((r) => setTimeout(r, wait));
     session.message(JSON.stringify({ type: "ping" }));
     expect(socket.ofType("pong")).toHaveLength(1);
   });
