@@ -303,7 +303,7 @@ export class ChatRoom {
     });
     const hibernated = ctx.getWebSockets();
     if (hibernated.length > 0) {
-      void ctx.blockConcurrencyWhile(() => this.#rebuild(hibernated, logger));
+      void ctx.blockConcurrencyWhile(() => this.#rebuild(hibernated, logger, config.presenceIntervalMs));
     }
   }
 
@@ -351,7 +351,7 @@ export class ChatRoom {
     return new Response(null, { status: 101, webSocket: client, headers } as ResponseInit);
   });
 
-  async #rebuild(sockets: CfWebSocket[], logger: Logger): Promise<void> {
+  async #rebuild(sockets: CfWebSocket[], logger: Logger, presenceIntervalMs: number): Promise<void> {
     this.#rebuilding = true;
     try {
       for (const socket of sockets) {
@@ -365,9 +365,12 @@ export class ChatRoom {
         }
       }
       // Each session's join and welcome run on the synchronous SQL storage,
-      // so they settle within the microtasks of this turn: one timer turn
-      // later every frame of the replay has been sent (and dropped).
-      await new Promise((r) => setTimeout(r, 0));
+      // so they settle within the microtasks of this turn; but presence is
+      // merged (PRESENCE_INTERVAL_MS): the replay's first join goes out at
+      // once, the others when the interval ends. One interval (plus a timer
+      // turn) later every frame of the replay has been sent, and dropped. The
+      // event that woke the room waits that long, once per wake.
+      await new Promise((r) => setTimeout(r, presenceIntervalMs + 1));
       logger.info({ connections: sockets.length }, "room rebuilt after hibernation");
     } finally {
       this.#rebuilding = false;
