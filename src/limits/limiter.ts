@@ -9,12 +9,13 @@ import { TokenBucket } from "./bucket.ts";
 
 /**
  * What a request is charged to, per connection:
- * - `message`: chat messages, and the moderation frames (edit, delete, ban,
- *   unban) — RATE_LIMIT / RATE_LIMIT_REFILL; also charged to the address.
+ * - `message`: chat messages, the moderation frames (edit, delete, ban,
+ *   unban) and token refreshes (auth): each is a store write or a token
+ *   check — RATE_LIMIT / RATE_LIMIT_REFILL; also charged to the address.
  * - `read`: `history` frames, {@link readCost} units each; also charged to
  *   the address (REST reads are charged to the address only).
- * - `control`: `ping`, `typing`, `auth` — cheap, answered to the sender
- *   only; per connection only.
+ * - `control`: `ping`, `typing` — cheap, answered to the sender only (or
+ *   relayed at most once a second); per connection only.
  * - `invalid`: frames refused as invalid (bad JSON, unknown type, ...),
  *   per connection only: past the budget they are dropped unanswered.
  */
