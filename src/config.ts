@@ -143,6 +143,8 @@ const schema = z.object({
   WEBHOOK_SECRET: z.optional(z.string().check(z.minLength(16, "must be at least 16 characters"))),
   /** Longest wait for the webhook receiver's answer before the attempt counts as failed. @default 5000 */
   WEBHOOK_TIMEOUT_MS: z._default(int(100, 60000), 5000),
+  /** Longest delay between two attempts at a failing webhook event (the delays double up to it). @default 600000 */
+  WEBHOOK_RETRY_MAX_MS: z._default(int(1000, 3_600_000), 600_000),
   /** Messages older than this are pruned by every store: `30d`, `12h`, `90m`, `45s`; `0` off. @default unset (off) */
   HISTORY_TTL: z._default(
     z.pipe(
@@ -231,8 +233,8 @@ export interface Config {
   authIssuer: string | undefined;
   /** Required token `aud`, when set. */
   authAudience: string | undefined;
-  /** Webhooks (WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_TIMEOUT_MS); undefined when WEBHOOK_URL is unset. */
-  webhook: { url: string; secret: string; timeoutMs: number } | undefined;
+  /** Webhooks (WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_TIMEOUT_MS, WEBHOOK_RETRY_MAX_MS); undefined when WEBHOOK_URL is unset. */
+  webhook: { url: string; secret: string; timeoutMs: number; retryMaxMs: number } | undefined;
   /** HISTORY_TTL in ms: every store prunes messages older than this; 0 keeps them by count only. */
   historyTtlMs: number;
   /** HUB=redis on a Redis Cluster (sharded pub/sub). */
@@ -316,7 +318,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     authIssuer: e.AUTH_ISSUER,
     authAudience: e.AUTH_AUDIENCE,
     webhook: e.WEBHOOK_URL
-      ? { url: e.WEBHOOK_URL, secret: e.WEBHOOK_SECRET!, timeoutMs: e.WEBHOOK_TIMEOUT_MS }
+      ? {
+          url: e.WEBHOOK_URL,
+          secret: e.WEBHOOK_SECRET!,
+          timeoutMs: e.WEBHOOK_TIMEOUT_MS,
+          retryMaxMs: e.WEBHOOK_RETRY_MAX_MS,
+        }
       : undefined,
     historyTtlMs: e.HISTORY_TTL,
     redisCluster: e.REDIS_CLUSTER,

@@ -45,6 +45,7 @@ export class DurableWebhooks {
       url: webhook.url,
       secret: webhook.secret,
       timeoutMs: webhook.timeoutMs,
+      maxRetryMs: webhook.retryMaxMs,
       outbox: this.outbox,
       logger: this.#logger,
       metrics,

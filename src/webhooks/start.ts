@@ -114,6 +114,7 @@ export async function startWebhooks(config: Config, deps: WebhookDeps): Promise<
     url: hook.url,
     secret: hook.secret,
     timeoutMs: hook.timeoutMs,
+    maxRetryMs: hook.retryMaxMs,
     outbox,
     lease,
     pollMs,

@@ -140,7 +140,13 @@ export function webhookCases(target: ServerTarget, caps: WebhookCaps = {}): void
     it.runIf(has("restart"))("events pending when the server stops are delivered after it restarts", async () => {
       const historyPath = tempHistoryPath();
       const down = await startReceiver(() => 503);
-      const env: Record<string, string> = { WEBHOOK_URL: down.url, WEBHOOK_SECRET: SECRET, RATE_LIMIT_IP: "0" };
+      // Retries at most 2 s apart, so the events are due soon after the restart however slow it is.
+      const env: Record<string, string> = {
+        WEBHOOK_URL: down.url,
+        WEBHOOK_SECRET: SECRET,
+        WEBHOOK_RETRY_MAX_MS: "2000",
+        RATE_LIMIT_IP: "0",
+      };
       // With HUB=redis the outbox is shared by every instance on the prefix, and the suite's
       // server (another WEBHOOK_URL) would deliver these events: this case gets a prefix of its own.
       if (server.env.HUB === "redis") env.REDIS_PREFIX = `${server.env.REDIS_PREFIX ?? "chat:"}restart:`;

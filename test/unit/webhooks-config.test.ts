@@ -15,6 +15,7 @@ describe("webhook settings", () => {
       url: "https://app.example.com/hook",
       secret: SECRET,
       timeoutMs: 5000,
+      retryMaxMs: 600_000,
     });
     expect(
       loadConfig({ WEBHOOK_URL: "http://127.0.0.1:9/x", WEBHOOK_SECRET: SECRET, WEBHOOK_TIMEOUT_MS: "800" }).webhook
