@@ -24,7 +24,7 @@
 import type { Cluster, Redis } from "ioredis";
 import { IdClock } from "../hub/memory.ts";
 import type { Logger } from "../observability/logger.ts";
-import { type ChatMessage, serialize } from "../protocol.ts";
+import { type ChatMessage, parseMessageId, serialize } from "../protocol.ts";
 import { type ChannelMessage, decode, encodeMessage, newEpoch } from "./codec.ts";
 import { EpochError, HistoryConflictError, type RedisCommands, type RedisLog } from "./log.ts";
 
@@ -365,12 +365,28 @@ export class RedisBroker {
     const before = room.epoch;
     room.epoch = epoch;
     if (before === null) return; // first sight, not a change
+    if (this.#expired(room)) {
+      // HISTORY_TTL expired the room's keys while it was idle: everything
+      // delivered here is past the TTL anyway, so nothing the members saw is
+      // missing from what a resume can give. Not a loss.
+      room.last = null;
+      return;
+    }
     this.#logger.warn({ room: room.name, from: before, to: epoch }, "room history was lost in Redis: new epoch");
     // Ids of the new epoch may be below what was delivered here; nobody
     // here has seen any of them yet.
     room.last = null;
     if (base !== null) room.clock.resumeAfter(base);
     this.#handler?.reset(room.name, "history was reset");
+  }
+
+  /** True when every message delivered here is older than the log's HISTORY_TTL. */
+  #expired(room: BrokerRoom): boolean {
+    const ttl = this.#log.ttlMs;
+    const seen = room.last ?? room.base;
+    if (ttl <= 0 || seen === null) return false;
+    const at = parseMessageId(seen);
+    return at !== null && at.ms < Date.now() - ttl;
   }
 
   #onMessage(channel: string, payload: string): void {

@@ -174,9 +174,10 @@ end
 // oldest stream id still alive; '' none): older entries are not read.
 // range/revrange: 2 lower bound (`-`, `id`, `(id`), 3 upper (`+`, `id`,
 // `(id`), 4 count -> { entries, changes } (revrange: newest first).
-// since: 2 stream id, 3 padded id, 4 limit -> { entries, changes, complete }
-// where entries are everything after the id when at most `limit` follow,
-// else the newest `limit` (and complete is 0).
+// since: 2 stream id, 3 padded id, 4 limit, 6 page ('' none) -> { entries,
+// changes, complete, more } where entries are everything after the id when
+// at most `limit` follow, else the newest `limit` (and complete is 0); with a
+// page, only the first `page` of them (more: 1 when others follow).
 const READ_SCRIPT = `${LT}
 local function changes(entries)
   local out = {}
@@ -222,7 +223,16 @@ if #entries > limit then
   local n = #entries
   for i = 1, math.floor(n / 2) do entries[i], entries[n - i + 1] = entries[n - i + 1], entries[i] end
 end
-return { entries, changes(entries), complete and 1 or 0 }
+-- With a page size: only the first page goes back, and whether more follow.
+local more = 0
+local page = tonumber(ARGV[6])
+if page and #entries > page then
+  more = 1
+  local first = {}
+  for i = 1, page do first[i] = entries[i] end
+  entries = first
+end
+return { entries, changes(entries), complete and 1 or 0, more }
 `;
 
 // KEYS: stream, changes. ARGV: 1 stream id, 2 `edit` | `delete`, 3 edited
@@ -508,8 +518,25 @@ export class RedisLog {
 
   /** Messages after `since`; `complete` when that is all of them and `since` is in this epoch. */
   async since(room: string, since: string, limit: number): Promise<{ messages: ChatMessage[]; complete: boolean }> {
+    const { messages, complete } = await this.sinceFirst(room, since, limit, null);
+    return { messages, complete };
+  }
+
+  /**
+   * The first `page` messages of what {@link since} returns, its `complete`,
+   * and whether more follow (read those with {@link after}): a resume of
+   * 1000 large messages is not one 8 MB reply. `page` null: all of them.
+   */
+  async sinceFirst(
+    room: string,
+    since: string,
+    limit: number,
+    page: number | null,
+  ): Promise<{ messages: ChatMessage[]; complete: boolean; more: boolean }> {
     const k = this.keys;
-    const [entries, changes, complete] = await this.#script<[StreamEntry[], string[], number]>("chatLogRead")(
+    const [entries, changes, complete, more] = await this.#script<[StreamEntry[], string[], number, number]>(
+      "chatLogRead",
+    )(
       k.stream(room),
       k.changes(room),
       k.meta(room),
@@ -518,8 +545,13 @@ export class RedisLog {
       since,
       limit,
       this.#floor(),
+      page ?? "",
     );
-    return { messages: entries.map((e, i) => toMessage(room, e, changes[i] ?? "")), complete: complete === 1 };
+    return {
+      messages: entries.map((e, i) => toMessage(room, e, changes[i] ?? "")),
+      complete: complete === 1,
+      more: more === 1,
+    };
   }
 
   /** One message, or null. */

@@ -72,6 +72,10 @@ export class RedisStore implements HistoryStore {
     return this.log.since(room, since, limit);
   }
 
+  sinceFirst(room: string, since: string, limit: number, page: number): Promise<ResumeResult & { more: boolean }> {
+    return this.log.sinceFirst(room, since, limit, page);
+  }
+
   get(room: string, id: string): Promise<ChatMessage | null> {
     return this.log.get(room, id);
   }
