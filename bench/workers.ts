@@ -45,6 +45,13 @@ import type { LoadResult, LoadSpec } from "./loadgen.ts";
 const WORKERD = join(ROOT, "node_modules/workerd/bin/workerd");
 const COMPAT_DATE = /"compatibility_date":\s*"([^"]+)"/.exec(readFileSync(join(ROOT, "wrangler.jsonc"), "utf8"))![1]!;
 
+/** The Durable Object bindings of a checkout's wrangler.jsonc (`{ "name": ..., "class_name": ... }` entries). */
+function wranglerObjects(dir: string): { binding: string; className: string }[] {
+  const text = readFileSync(join(dir, "wrangler.jsonc"), "utf8");
+  const found = [...text.matchAll(/\{\s*"name":\s*"(\w+)",\s*"class_name":\s*"(\w+)"\s*\}/g)];
+  return found.map((m) => ({ binding: m[1]!, className: m[2]! }));
+}
+
 /** The `compatibility_flags` of a checkout's wrangler.jsonc, so workerd runs ours as wrangler would. */
 function wranglerFlags(dir: string): string[] {
   const list = /"compatibility_flags":\s*\[([^\]]*)\]/.exec(readFileSync(join(dir, "wrangler.jsonc"), "utf8"))?.[1];
@@ -73,7 +80,8 @@ export interface WorkerTarget {
   name: string;
   role: "ours" | "floor" | "docs" | "before";
   bundle: Bundle;
-  className: string;
+  /** Durable Object bindings and their classes (ours: wrangler.jsonc's). */
+  objects: { binding: string; className: string }[];
   /** Compatibility flags (ours: wrangler.jsonc's). */
   flags: string[];
   vars: Record<string, string>;
@@ -186,7 +194,7 @@ export function oursTarget(work: string, vars: Record<string, string> = OURS_VAR
     name: "ours",
     role: "ours",
     bundle: wranglerBundle(ROOT, work),
-    className: "ChatRoom",
+    objects: wranglerObjects(ROOT),
     flags: wranglerFlags(ROOT),
     vars,
     wsPath: "/websocket",
@@ -199,10 +207,13 @@ export function oursTarget(work: string, vars: Record<string, string> = OURS_VAR
 function capnpConfig(t: WorkerTarget, port: number, disk: string, vars: Record<string, string>): string {
   const text = (s: string) => JSON.stringify(s);
   const bindings = [
-    `(name = "ROOMS", durableObjectNamespace = ${text(t.className)})`,
+    ...t.objects.map((o) => `(name = ${text(o.binding)}, durableObjectNamespace = ${text(o.className)})`),
     `(name = "ASSETS", service = "assets")`,
     ...Object.entries(vars).map(([k, v]) => `(name = ${text(k)}, text = ${text(v)})`),
   ];
+  const namespaces = [...new Set(t.objects.map((o) => o.className))]
+    .map((c) => `(className = ${text(c)}, uniqueKey = "bench-${c}", enableSql = true)`)
+    .join(", ");
   return `using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
   services = [
@@ -217,7 +228,7 @@ const main :Workerd.Worker = (
   compatibilityDate = ${text(COMPAT_DATE)},
   compatibilityFlags = [ ${t.flags.map(text).join(", ")} ],
   bindings = [ ${bindings.join(", ")} ],
-  durableObjectNamespaces = [ (className = ${text(t.className)}, uniqueKey = "bench-${t.className}", enableSql = true) ],
+  durableObjectNamespaces = [ ${namespaces} ],
   durableObjectStorage = (localDisk = "disk"),
 );
 const assets :Workerd.Worker = (
@@ -549,7 +560,7 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
         name: "DO plain, socket set (floor)",
         role: "floor",
         bundle: floor,
-        className: "PlainRoom",
+        objects: [{ binding: "ROOMS", className: "PlainRoom" }],
         flags: [],
         vars: {},
         wsPath: "/websocket",
@@ -560,7 +571,7 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
         name: "DO plain, getWebSockets() per message",
         role: "docs",
         bundle: floor,
-        className: "PlainRoom",
+        objects: [{ binding: "ROOMS", className: "PlainRoom" }],
         flags: [],
         vars: { FANOUT: "docs" },
         wsPath: "/websocket",
@@ -579,6 +590,7 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
         name: "ours before",
         role: "before",
         flags: wranglerFlags(o.before),
+        objects: wranglerObjects(o.before),
         bundle: wranglerBundle(o.before, join(work, "before")),
       });
     }
