@@ -48,6 +48,7 @@ const SCENARIOS: Record<string, () => Promise<ScenarioModule>> = {
   workers: () => import("./workers.ts"),
   webhooks: () => import("./webhooks.ts"),
   "governance-idle": () => import("./governance-idle.ts"),
+  multi: () => import("./multi-instance.ts"),
 };
 
 /** A server the bench can start. `kind` says which baselines its ratios use. */
