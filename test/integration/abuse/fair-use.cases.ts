@@ -33,6 +33,8 @@ let seq = 0;
 const freshAddress = () => `198.51.100.${(++seq % 250) + 1}`;
 const freshRoom = () => `fu${process.pid.toString(36)}-${(++seq).toString(36)}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Handshakes and first frames on a machine busy with other runs (workerd is the slowest). */
+const SLOW_MS = 10_000;
 
 /** Answers to `n` frames of the kinds given, in order (each answer is one frame). */
 async function answers(c: TestClient, n: number, kinds: string[]): Promise<Json[]> {
@@ -93,10 +95,11 @@ export function fairUseCases(target: ServerTarget, _caps: SuiteCaps = {}): void 
       `${server.wsUrl}?${new URLSearchParams({ room, ...extra })}`;
     const v1 = async (room: string, address: string, user?: string): Promise<TestClient> => {
       const c = await connect(ws(room, user ? { user } : {}), {
+        timeoutMs: SLOW_MS,
         protocols: SUB,
         headers: { "x-forwarded-for": address },
       });
-      expect((await c.next()).type).toBe("welcome");
+      expect((await c.next(SLOW_MS)).type).toBe("welcome");
       return c;
     };
 
@@ -315,7 +318,7 @@ export function fairUseCases(target: ServerTarget, _caps: SuiteCaps = {}): void 
       const url = `${plain.wsUrl}?room=${room}`;
       const open: TestClient[] = [];
       for (let batch = 0; batch < 8; batch++) {
-        open.push(...(await Promise.all(Array.from({ length: 32 }, () => connect(url)))));
+        open.push(...(await Promise.all(Array.from({ length: 32 }, () => connect(url, { timeoutMs: SLOW_MS })))));
       }
       const refused = await expectRefused(url);
       expect(refused.status).toBe(429);
@@ -352,7 +355,8 @@ export function fairUseCases(target: ServerTarget, _caps: SuiteCaps = {}): void 
       const off = await target.start({ RATE_LIMIT: "0", MAX_CONNECTIONS_PER_IP: "3" });
       const room = freshRoom();
       const url = `${off.wsUrl}?room=${room}`;
-      const open = [await connect(url), await connect(url), await connect(url)];
+      const open = [];
+      for (let i = 0; i < 3; i++) open.push(await connect(url, { timeoutMs: SLOW_MS }));
       expect((await expectRefused(url)).status).toBe(429);
       const c = open[0]!;
       for (let k = 0; k < 150; k++) c.send({ user: "u", message: `m${k}` });
