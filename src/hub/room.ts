@@ -85,7 +85,7 @@ export class LocalRoom {
    * and go out as one frame. A frame's `users` is exact when it is sent, and
    * `joined` / `left` name everyone since the last frame (a string for one
    * name, an array for several; a name that joined and left again in between
-   * is in neither).
+   * is in both, and `users` says which came last).
    *
    * Every hub calls this for each named join and leave, instead of sending
    * presence frames itself: the memory hub after {@link add} / {@link remove},
@@ -98,16 +98,11 @@ export class LocalRoom {
    * @param left names that left
    */
   presenceChanged(users: string[] | null, joined: readonly string[], left: readonly string[]): void {
-    for (const name of joined) {
-      const i = this.#left.indexOf(name);
-      if (i >= 0) this.#left.splice(i, 1);
-      else this.#joined.push(name);
-    }
-    for (const name of left) {
-      const i = this.#joined.indexOf(name);
-      if (i >= 0) this.#joined.splice(i, 1);
-      else this.#left.push(name);
-    }
+    // Every name is reported, even one that joined and left again within
+    // the interval (then it is in both lists and `users` says where it is):
+    // a client waiting for someone's `left` must see it.
+    for (const name of joined) if (!this.#joined.includes(name)) this.#joined.push(name);
+    for (const name of left) if (!this.#left.includes(name)) this.#left.push(name);
     if (users !== null) this.#pendingUsers = users;
     if (this.#presenceTimer !== null) return; // the interval's end sends it
     const wait = this.#presenceAt + this.presenceIntervalMs - Date.now();
