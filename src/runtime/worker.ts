@@ -58,6 +58,7 @@ import { durableSqlite } from "../store/durable.ts";
 import { SqliteStore } from "../store/sqlite.ts";
 import { DurableWebhooks } from "../webhooks/durable.ts";
 import type { HubEvent } from "../webhooks/events.ts";
+import { DirectoryClient } from "./room-directory.ts";
 
 /** The bindings and variables wrangler.jsonc declares (vars are config, as env vars elsewhere). */
 export interface Env {
@@ -65,6 +66,8 @@ export interface Env {
   ROOMS: DurableObjectNamespace;
   /** The page: `static/` as Workers static assets. */
   ASSETS: Fetcher;
+  /** The rooms that may have someone online, for GET /api/rooms ({@link RoomDirectory}). */
+  DIRECTORY?: DurableObjectNamespace;
   [variable: string]: unknown;
 }
 
@@ -151,11 +154,12 @@ function createFront(env: Env): Hono {
   // room's calls go to its object (its hub, history and bans).
   if (config.apiKey !== undefined) {
     app.use("/api/*", requireApiKey(config.apiKey), apiBodyLimit());
-    app.get("/api/rooms", (c) =>
-      // No object knows every room, and a registry object every room reports
-      // to would add a write to every join and leave: not offered on Workers.
-      c.json({ error: "GET /api/rooms is not available on Workers (no object sees every room)" }, 501),
-    );
+    const directory = env.DIRECTORY ? new DirectoryClient(env.DIRECTORY, logger) : null;
+    app.get("/api/rooms", async (c) => {
+      // No object sees every room: the directory lists them (room-directory.ts).
+      if (!directory) return c.json({ error: "GET /api/rooms needs the DIRECTORY binding (wrangler.jsonc)" }, 501);
+      return c.json({ rooms: await directory.online((room) => roomStub(env, room)) });
+    });
     app.all("/api/rooms/:room/*", async (c) => {
       const room = c.req.param("room");
       const roomError = roomProblem(room);
@@ -256,6 +260,10 @@ export class ChatRoom {
   readonly #webhooks: DurableWebhooks | null;
   /** Token expiries, also on the alarm: a timer would keep the object from hibernating. */
   readonly #expiry: AlarmClock;
+  /** Told of the room's first connection and its last (GET /api/rooms). */
+  readonly #directory: DirectoryClient | null;
+  /** This object's room, from its first forwarded request. */
+  #room: string | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     this.#ctx = ctx;
@@ -281,6 +289,7 @@ export class ChatRoom {
     });
     const webhooks = config.webhook ? new DurableWebhooks(ctx.storage, config.webhook, logger) : null;
     this.#webhooks = webhooks;
+    this.#directory = env.DIRECTORY ? new DirectoryClient(env.DIRECTORY, logger) : null;
     // A rebuild after hibernation replays the joins of people who never left: no news for the webhooks.
     const events = webhooks ? (e: HubEvent) => void (this.#rebuilding || webhooks.sink(e)) : null;
     const hub = new MemoryHub(store, logger, null, events, config.presenceIntervalMs);
@@ -344,6 +353,8 @@ export class ChatRoom {
       close: (code, reason) => server.close(code, reason),
     });
     this.#connections.set(id, { events, ws });
+    this.#room ??= c.req.query("room") ?? null;
+    if (!adopt && this.#connections.size === 1 && this.#room) this.#directory?.report(this.#room, true);
     events.onOpen?.(new Event("open"), ws);
     if (!client) return new Response(null, { status: 204 });
     const headers: Record<string, string> = protocol ? { "sec-websocket-protocol": protocol } : {};
@@ -383,7 +394,18 @@ export class ChatRoom {
   }
 
   fetch(request: Request): Response | Promise<Response> {
+    const url = new URL(request.url);
+    if (url.pathname === "/api/rooms" && this.#connections.size === 0) {
+      // Asked by GET /api/rooms while nobody is here: leave the directory.
+      const room = url.searchParams.get("room");
+      if (room) this.#directory?.report(room, false);
+    }
     return this.#chat.app.fetch(request);
+  }
+
+  /** After a connection is gone: the room's last one takes it out of the directory. */
+  #left(): void {
+    if (this.#connections.size === 0 && this.#room) this.#directory?.report(this.#room, false);
   }
 
   /** The object's one alarm: webhook delivery and its retries (src/webhooks/durable.ts). */
@@ -407,6 +429,7 @@ export class ChatRoom {
     const a = ws.deserializeAttachment() as Attachment | null;
     const conn = this.#connection(ws);
     if (a) this.#connections.delete(a.id);
+    this.#left();
     // A hibernatable socket does not answer the client's close by itself:
     // without this the client waits out its close timeout and sees 1006.
     // 1005 (no code given) may not be sent, so it is answered with 1000.
@@ -422,9 +445,13 @@ export class ChatRoom {
     const a = ws.deserializeAttachment() as Attachment | null;
     const conn = this.#connection(ws);
     if (a) this.#connections.delete(a.id);
+    this.#left();
     conn?.events.onError?.(new Event("error"), conn.ws);
   }
 }
+
+/** GET /api/rooms's directory object: wrangler finds Durable Object classes among the main module's exports. */
+export { RoomDirectory } from "./room-directory.ts";
 
 let front: Hono | null = null;
 

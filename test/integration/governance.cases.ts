@@ -594,8 +594,8 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
       it.runIf(has("apiRooms"))("GET /api/rooms: rooms with someone online and their connection counts", async () => {
         const a = freshRoom();
         const b = freshRoom();
-        await member(a, { name: "r1" });
-        await member(a, { name: "r1" });
+        const { c: a1 } = await member(a, { name: "r1" });
+        const { c: a2 } = await member(a, { name: "r1" });
         const seed = await connect(`${gov.wsUrl}${q({ room: b, token: await token({ name: "r2" }) })}`);
         // A seed connection has no welcome to wait for: its message shows it has joined.
         seed.send({ message: "here" });
@@ -607,6 +607,16 @@ export function governanceCases(target: ServerTarget, caps: GovernanceCaps = {})
           { room: a, online: 2 },
           { room: b, online: 1 },
         ]);
+        // Everyone gone: no longer listed (the closes reach the server a moment later).
+        await a1.close();
+        await a2.close();
+        let listed = true;
+        for (let k = 0; k < 50 && listed; k++) {
+          const now = ((await api("/rooms")).body as { rooms: { room: string }[] }).rooms;
+          listed = now.some((r) => r.room === a);
+          if (listed) await new Promise((r) => setTimeout(r, 100));
+        }
+        expect(listed).toBe(false);
       });
     });
 

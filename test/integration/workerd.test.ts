@@ -13,7 +13,6 @@ serverSuite(workerdTarget, {
   heartbeat: false, // a Worker cannot send ping frames; the platform keeps connections alive
   slowConsumer: false, // Workers' WebSocket has no bufferedAmount to measure
   utf8Close: false, // workerd turns invalid UTF-8 into U+FFFD before the object sees the frame
-  apiRooms: false, // GET /api/rooms: no Durable Object sees every room (src/runtime/worker.ts), answered 501
   // A close from the object (ban 4003, expiry 4001) to a hibernatable socket that never sent a frame
   // completes under wrangler dev only at the client's close timeout (ws: 30 s); the DO side sees the close at once.
   closeSilent: false,
