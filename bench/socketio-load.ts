@@ -36,7 +36,12 @@ export interface MultiLoadSpec {
   clientsPerRoom: number;
   /** Client k < sendersPerRoom of each room sends; it sits on instance k % urls.length. */
   sendersPerRoom: number;
-  /** Messages a sender may have sent and not yet seen echoed (saturation). @default 8 */
+  /**
+   * Saturation: messages a sender may have in flight, a message being in
+   * flight until EVERY client of its room (on every instance) has it. Counting
+   * only the sender's own echo would let the other instances fall behind
+   * without bound and the latency measure their backlog. @default 8
+   */
   window?: number;
   /** Sending before the measured phase (JIT, Redis connections warm): not in deliveries/s, CPU or latency; loss is checked over everything. @default 0 */
   warmupMs?: number;
@@ -148,7 +153,10 @@ export async function runMultiLoad(spec: MultiLoadSpec): Promise<MultiLoadResult
   const senderInstance: number[] = [];
   const senderConn: Conn[] = [];
   const sentBy: number[] = [];
-  const echoed: number[] = [];
+  /** Per sender: every message below this seq reached every client of the room. */
+  const done: number[] = [];
+  /** Per sender: how many clients have seq (ring indexed by seq % window; seq is always in [done, done + window)). */
+  const got: Int32Array[] = [];
   const cross = new Histogram();
   const all = new Histogram();
   let delivered = 0;
@@ -197,9 +205,17 @@ export async function runMultiLoad(spec: MultiLoadSpec): Promise<MultiLoadResult
       all.record(us);
       if (senderInstance[id] !== c.instance) cross.record(us);
     }
-    if (id === c.sender) {
-      echoed[id] = seq + 1;
-      if (sending) while (sentBy[id]! - echoed[id]! < window) send(c);
+    const ring = got[id];
+    if (ring === undefined) return;
+    const members = inRoom[c.room]!;
+    if (++ring[seq % window]! < members || seq !== done[id]) return;
+    // The oldest in-flight message is everywhere: slide past every completed one.
+    let next = done[id]!;
+    while (next < sentBy[id]! && ring[next % window]! >= members) ring[next++ % window] = 0;
+    done[id] = next;
+    if (sending) {
+      const sc = senderConn[id]!;
+      while (sentBy[id]! - done[id]! < window) send(sc);
     }
   };
 
@@ -247,6 +263,8 @@ export async function runMultiLoad(spec: MultiLoadSpec): Promise<MultiLoadResult
     });
 
   let stopping = false;
+  /** Clients connected per room: what "every client of the room" means (a failed connect is reported, not waited for). */
+  const inRoom = new Array<number>(spec.rooms).fill(0);
   const conns: Conn[] = [];
   const plan: [number, number, number][] = [];
   for (let r = 0; r < spec.rooms; r++) {
@@ -261,17 +279,19 @@ export async function runMultiLoad(spec: MultiLoadSpec): Promise<MultiLoadResult
     }
   }
   for (const c of conns) {
+    inRoom[c.room]!++;
     if (c.sender < 0) continue;
     senderInstance[c.sender] = c.instance;
     senderConn[c.sender] = c;
     sentBy[c.sender] = 0;
-    echoed[c.sender] = 0;
+    done[c.sender] = 0;
+    got[c.sender] = new Int32Array(window);
   }
   // Let joins (and the Redis subscriptions behind them) settle.
   await sleep(1000);
 
   sending = true;
-  for (const c of senderConn) if (c) while (sentBy[c.sender]! - echoed[c.sender]! < window) send(c);
+  for (const c of senderConn) if (c) while (sentBy[c.sender]! - done[c.sender]! < window) send(c);
   await sleep(warmupMs);
   const cpu0 = spec.serverPids.reduce((t, p) => t + cpuMs(p), 0);
   const redis0 = cpuMs(spec.redisPid);
@@ -283,7 +303,7 @@ export async function runMultiLoad(spec: MultiLoadSpec): Promise<MultiLoadResult
   await sleep(durationMs);
   sending = false;
   const sent = sentBy.reduce((t, x) => t + (x ?? 0), 0);
-  const expected = senderConn.reduce((t, c) => t + (c ? sentBy[c.sender]! * spec.clientsPerRoom : 0), 0);
+  const expected = senderConn.reduce((t, c) => t + (c ? sentBy[c.sender]! * inRoom[c.room]! : 0), 0);
   const drainEnd = performance.now() + drainMs;
   while (delivered + outOfOrder < expected && performance.now() < drainEnd) await sleep(20);
   const wall = (performance.now() - t0) / 1000;
