@@ -67,7 +67,7 @@ export class DirectoryClient {
         await this.#stub().fetch(new Request("https://directory/", { method: "POST", body }));
       } catch (error) {
         // String: consoleLogger has no error serializer.
-        this.logger.error({ room, err: String(error) }, "could not update the room directory");
+        this.logger.error({ room, err: error }, "could not update the room directory");
       }
     });
   }

@@ -179,8 +179,7 @@ function createFront(env: Env): Hono {
 
   app.notFound((c) => c.json({ error: "not found" }, 404));
   app.onError((error, c) => {
-    // String: the Workers logger (consoleLogger) has no error serializer, `{ err: error }` would log `{}`.
-    logger.error({ err: String(error), path: c.req.path }, "request failed");
+    logger.error({ err: error, path: c.req.path }, "request failed");
     return c.json({ error: "internal error" }, 500);
   });
   return app;
@@ -277,10 +276,7 @@ export class ChatRoom {
       void (async () => {
         const current = await ctx.storage.getAlarm();
         if (current === null || current > at) await ctx.storage.setAlarm(at);
-      })().catch((error: unknown) =>
-        // String: consoleLogger has no error serializer (see onError below).
-        logger.error({ err: String(error) }, "could not set the alarm for a token's expiry"),
-      );
+      })().catch((error: unknown) => logger.error({ err: error }, "could not set the alarm for a token's expiry"));
     });
     const store = new SqliteStore(durableSqlite(ctx.storage), config.historyLimit, {
       ttlMs: config.historyTtlMs,
