@@ -139,7 +139,7 @@ export function defaultToSocket(ws: WSContext, id: string): ChatSocket {
 
 type Problem = { status: 400 | 401 | 403 | 426 | 429 | 503; error: string };
 
-/** The `Origin` rule of PROTOCOL.md section 4: same host:port, or listed. */
+/** The `Origin` rule of docs/protocol.md, Security: same host:port, or listed. */
 export function originProblem(c: Context, allowed: readonly string[]): Problem | null {
   const origin = c.req.header("origin");
   if (origin === undefined) return null; // non-browser clients send none

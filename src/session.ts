@@ -54,7 +54,7 @@ export interface SessionInit {
 }
 
 /**
- * Frames held before the welcome (PROTOCOL 7): past either bound the
+ * Frames held before the welcome (docs/protocol.md): past either bound the
  * connection is closed with 1008, so a client that streams while the join
  * waits (Redis slow or down) costs bounded memory.
  */

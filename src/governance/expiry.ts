@@ -1,5 +1,5 @@
 /**
- * What wakes a connection up when its token expires (PROTOCOL 7): a timer on
+ * What wakes a connection up when its token expires (docs/protocol.md): a timer on
  * Node, Bun and Deno; the object's alarm in a Durable Object, where a pending
  * `setTimeout` keeps the object from hibernating (Cloudflare's lifecycle:
  * hibernation needs no scheduled timer callbacks), so a room with signed-in

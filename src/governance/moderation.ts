@@ -1,5 +1,5 @@
 /**
- * Moderation and token lifetime on one connection (PROTOCOL 7 and 8.2): the
+ * Moderation and token lifetime on one connection (docs/protocol.md: tokens, moderation): the
  * `auth`, `delete`, `edit`, `ban` and `unban` frames of chat.v1, and the
  * close at the token's `exp`. The session only dispatches these frames here.
  *
