@@ -293,6 +293,8 @@ export function createChat(deps: AppDeps): Chat {
   let draining = false;
   /** Per client address: open connections and a shared bucket (limits/limiter.ts). */
   const addresses = new AddressLimits(config);
+  /** Shared by every session: one object, not one per connection. */
+  const sessionDeps = { hub, store, config, logger, metrics, addresses, expiry: deps.expiry };
   const peerOf = (c: Context) => {
     try {
       return deps.peerAddress?.(c);
@@ -397,7 +399,7 @@ export function createChat(deps: AppDeps): Chat {
     },
     deps.upgradeWebSocket((c) => {
       const init: SessionInit = c.get("chatSession");
-      const session = new Session({ hub, store, config, logger, metrics, addresses, expiry: deps.expiry }, init);
+      const session = new Session(sessionDeps, init);
       return new ChatEvents(session, `c${(++nextSocketId).toString(36)}`, shared);
     }),
   );
