@@ -3,11 +3,15 @@
  * any size reaches a client that reads, and costs bounded memory for one
  * that does not.
  *
- * - A reply is cut into pages of about {@link PagingOptions.pageSize}. The
- *   welcome carries the first with `more: true` when others follow; they
- *   follow as `{"type":"history","messages":[...],"more":...}` frames (a
- *   `history` answer's pages also carry the request's `before`), the last
- *   with `more: false`.
+ * - A reply that fits {@link PagingOptions.firstBytes} (half of
+ *   MAX_BUFFERED_BYTES: 512 KiB by default, so a resume of 1000 ordinary chat
+ *   messages) is one frame, as docs/protocol.md's resume promise needs.
+ *   Only a larger one is paged: its first frame (the welcome, or a `history`
+ *   answer's first) carries that much with `more: true`; the rest follows in
+ *   pages of about {@link PagingOptions.pageSize} as
+ *   `{"type":"history","messages":[...],"more":...}` frames (a `history`
+ *   answer's pages also carry the request's `before`), the last with
+ *   `more: false`.
  * - Each page goes out only once the socket's `bufferedAmount` is under the
  *   low-water mark, polled with a timer (the core knows no runtime, and no
  *   runtime here has a "drained" event in common). On Workers
@@ -28,6 +32,11 @@ import type { HistoryStore, ResumeResult } from "./store/store.ts";
 
 /** How replies are cut and paced. */
 export interface PagingOptions {
+  /**
+   * Bytes of history (its JSON, UTF-8) the welcome, or a `history` answer's
+   * first frame, carries before the rest is paged. @default 524288 (half of MAX_BUFFERED_BYTES)
+   */
+  firstBytes?: number;
   /** About this many UTF-16 units of messages per page (at least one message). @default 65536 */
   pageSize?: number;
   /** A page is sent once the socket has less than this many bytes queued. @default 65536 */
@@ -54,6 +63,9 @@ export function pagingFor(maxBuffered: number): Required<PagingOptions> {
   // bound, even when a page's UTF-8 is three times its UTF-16 length.
   const page = Math.max(1024, Math.min(64 * 1024, Math.floor(maxBuffered / 8)));
   const options = Object.freeze({
+    // Sent onto an empty queue (a welcome) or one under the low-water mark, so
+    // the first frame leaves at least half the slow-consumer bound free.
+    firstBytes: Math.max(page, Math.floor(maxBuffered / 2)),
     pageSize: page,
     lowWater: page,
     readAhead: 2 * page,
@@ -69,8 +81,46 @@ function sizeOf(m: ChatMessage): number {
   return m.message.length + m.user.length + m.room.length + 96;
 }
 
+/** Characters that JSON or UTF-8 makes longer than one byte (ASCII other than controls, `"` and `\\` is one). */
+const WIDE = /[^\x20\x21\x23-\x5b\x5d-\x7f]/;
+
+/**
+ * A string's bytes in a frame: its UTF-8 with JSON's escapes. Counted by hand
+ * because encoding every message to measure it would copy it; the regex
+ * skips the loop for plain ASCII, the usual chat message.
+ */
+function jsonBytes(s: string): number {
+  if (!WIDE.test(s)) return s.length;
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20)
+      n += 5; // \u00XX (\n and a few others take 2: counted high)
+    else if (c === 0x22 || c === 0x5c) n += 1;
+    else if (c >= 0x80) n += c < 0x800 || (c >= 0xd800 && c < 0xe000) ? 1 : 2; // a surrogate pair is 4
+  }
+  return n;
+}
+
+/** A message's bytes in a frame: never less than {@link sizeOf}. */
+function bytesOf(m: ChatMessage): number {
+  return jsonBytes(m.message) + jsonBytes(m.user) + jsonBytes(m.room) + 96;
+}
+
+/** How many of `list` (from `from`) fit in `budget` bytes; at least one when any are left. */
+function countBytes(list: readonly ChatMessage[], from: number, budget: number): number {
+  let n = 0;
+  let used = 0;
+  while (from + n < list.length) {
+    used += bytesOf(list[from + n] as ChatMessage);
+    if (n > 0 && used > budget) break;
+    n++;
+  }
+  return n;
+}
+
 /** How many of `list` (from `from`) fit in `budget` units; at least one when any are left. */
-function countFitting(list: ChatMessage[], from: number, budget: number): number {
+function countFitting(list: readonly ChatMessage[], from: number, budget: number): number {
   let n = 0;
   let used = 0;
   while (from + n < list.length) {
@@ -99,6 +149,8 @@ class PageSource {
 
   /**
    * @param first what the first read returned, oldest first
+   * @param firstBytes what {@link first} may take from it (bytes); the rest is
+   *   kept only up to the read-ahead
    * @param rest set when that read stopped early (a resume's `sinceFirst`):
    *   the rest is read later, up to `until` (the room's newest id then)
    */
@@ -106,17 +158,39 @@ class PageSource {
     readonly store: HistoryStore,
     readonly room: string,
     first: ChatMessage[],
+    firstBytes: number,
     readonly readAhead: number,
     rest: ResumeRest | null = null,
   ) {
-    const kept = countFitting(first, 0, readAhead);
-    this.#buffer = kept === first.length ? first : first.slice(0, kept);
-    this.#readAll = kept === first.length && (rest === null || first.length === 0);
+    this.#buffer = first;
+    this.#readAll = rest === null || first.length === 0;
     this.#until = rest && first.length > 0 ? rest.until : (first.at(-1)?.id ?? null);
-    this.#cursor = this.#buffer.at(-1)?.id ?? null;
+    this.#cursor = first.at(-1)?.id ?? null;
     let total = 0;
-    for (const m of this.#buffer) total += sizeOf(m);
-    this.#avg = this.#buffer.length > 0 ? total / this.#buffer.length : 256;
+    for (const m of first) total += sizeOf(m);
+    this.#avg = first.length > 0 ? total / first.length : 256;
+    // Bytes are never fewer than units: this keeps all the first frame can take.
+    this.#keep(0, firstBytes + readAhead);
+  }
+
+  /** Keeps `units` of the buffer from `from` on; what is dropped is read again later. */
+  #keep(from: number, units: number): void {
+    const list = this.#buffer;
+    const end = from + (from < list.length ? countFitting(list, from, units) : 0);
+    if (end < list.length) {
+      this.#readAll = false;
+      this.#cursor = (list[end - 1] as ChatMessage).id;
+    }
+    this.#buffer = from === 0 && end === list.length ? list : list.slice(from, end);
+    this.#at = 0;
+  }
+
+  /** The reply's first frame: as much as fits `bytes` (at least one message); then only the read-ahead is kept. */
+  first(bytes: number): ChatMessage[] {
+    const n = countBytes(this.#buffer, this.#at, bytes);
+    const page = this.#buffer.slice(this.#at, this.#at + n);
+    this.#keep(this.#at + n, this.readAhead);
+    return page;
   }
 
   /** The newest id this reply carries (null when empty). */
@@ -172,24 +246,50 @@ export interface ResumeRest {
   until: string | null;
 }
 
-/** Messages a resume reads before its welcome, when the store can stop there (`sinceFirst`). */
-const RESUME_FIRST_READ = 128;
+/** Most `after` reads a resume makes to fill its welcome (each asks for what the budget has left). */
+const RESUME_FILL_READS = 16;
 
 /**
- * Reads a resume (`since`) for the welcome: with a store that has
- * `sinceFirst`, only the first messages (the rest is paged from the store
- * later, see `rest`); otherwise all of it, as `since` returns it.
+ * Reads a resume (`since`) for the welcome. With a store that has
+ * `sinceFirst`, only about `firstBytes` of it (what the welcome carries, so
+ * a resume of 1000 chat messages is read whole and one of 1000 x 8 KB is not
+ * 8 MB of strings at once): a first `sinceFirst` read sized for 8 KB
+ * messages, then `after` reads sized by the average seen, up to the room's
+ * newest id when the resume started; the rest is paged from the store later
+ * (see `rest`). Otherwise all of it, as `since` returns it.
  */
 export async function readResume(
   store: HistoryStore,
   room: string,
   since: string,
   limit: number,
+  firstBytes: number,
 ): Promise<ResumeResult & { rest: ResumeRest | null }> {
   if (!store.sinceFirst) return { ...(await store.since(room, since, limit)), rest: null };
-  const first = await store.sinceFirst(room, since, limit, RESUME_FIRST_READ);
-  if (!first.more) return { messages: first.messages, complete: first.complete, rest: null };
-  return { messages: first.messages, complete: first.complete, rest: { until: await store.lastId(room) } };
+  const page = Math.max(16, Math.min(limit, Math.floor(firstBytes / 8192)));
+  const first = await store.sinceFirst(room, since, limit, page);
+  const { complete } = first;
+  if (!first.more) return { messages: first.messages, complete, rest: null };
+  const until = await store.lastId(room);
+  const messages = [...first.messages];
+  let bytes = 0;
+  for (const m of messages) bytes += bytesOf(m);
+  for (let reads = 0; reads < RESUME_FILL_READS && bytes <= firstBytes; reads++) {
+    const cursor = messages.at(-1)?.id;
+    if (until === null || cursor === undefined || cursor >= until) return { messages, complete, rest: null };
+    const count = Math.min(1000, Math.ceil((firstBytes - bytes) / (bytes / messages.length)) + 1);
+    const read = await store.after(room, cursor, count);
+    let end = 0;
+    for (const m of read.messages) {
+      if (m.id > until) break; // newer than the resume: the member holds it as a live frame
+      messages.push(m);
+      bytes += bytesOf(m);
+      end++;
+    }
+    if (!read.more || end < read.messages.length) return { messages, complete, rest: null };
+  }
+  const last = messages.at(-1)?.id;
+  return { messages, complete, rest: until !== null && last !== undefined && last < until ? { until } : null };
 }
 
 /** What the session hears from its replies. */
@@ -231,8 +331,9 @@ export class Replies {
    */
   welcome(welcome: WelcomeFrame, rest: ResumeRest | null = null): void {
     const { member } = this;
-    const source = new PageSource(this.store, this.room, welcome.history, this.#opts.readAhead, rest);
-    welcome.history = source.take(this.#opts.pageSize);
+    const { firstBytes, readAhead } = this.#opts;
+    const source = new PageSource(this.store, this.room, welcome.history, firstBytes, readAhead, rest);
+    welcome.history = source.first(firstBytes);
     if (source.more) welcome.more = true;
     if (!member.sendAhead(serialize(welcome))) return;
     // The usual case, one page and little held, ends here without a timer.
@@ -294,13 +395,16 @@ export class Replies {
     try {
       const first = before === undefined ? await store.latest(room, limit) : await store.before(room, before, limit);
       this.events.read?.(first, limit);
-      source = new PageSource(store, room, first, this.#opts.readAhead);
+      source = new PageSource(store, room, first, this.#opts.firstBytes, this.#opts.readAhead);
     } catch (error) {
       this.events.readFailed(error, "history");
       this.events.historyUnavailable();
       return;
     }
-    do {
+    // One frame when it fits firstBytes, like the welcome; pages after that.
+    if (!(await this.#turn())) return;
+    member.deliver(frame(source.first(this.#opts.firstBytes), source.more));
+    while (source.more && member.open) {
       let messages: ChatMessage[];
       try {
         messages = await source.next(this.#opts.pageSize);
@@ -313,7 +417,7 @@ export class Replies {
       }
       if (!(await this.#turn())) return;
       member.deliver(frame(messages, source.more));
-    } while (source.more && member.open);
+    }
   }
 
   #enqueue(job: () => Promise<void>): void {

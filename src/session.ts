@@ -11,7 +11,7 @@ import { type ChatSocket, type Hub, Member } from "./hub/hub.ts";
 import { type AddressLimits, type ChargeKind, ConnectionLimits, readCost, textCost } from "./limits/limiter.ts";
 import type { Logger } from "./observability/logger.ts";
 import type { Metrics } from "./observability/metrics.ts";
-import { Replies, type ResumeRest, readResume } from "./paging.ts";
+import { pagingFor, Replies, type ResumeRest, readResume } from "./paging.ts";
 import {
   type ClientFrame,
   CloseCode,
@@ -229,8 +229,9 @@ export class Session {
     if (since === null) {
       welcome.history = await store.latest(room, config.welcomeHistory);
     } else if (isMessageId(since)) {
-      // Only its start is read now when the store can (src/paging.ts): the rest is paged.
-      const resumed = await readResume(store, room, since, config.resumeLimit);
+      // Up to what the welcome carries when the store can stop there (src/paging.ts): the rest is paged.
+      const { firstBytes } = pagingFor(config.maxBufferedBytes);
+      const resumed = await readResume(store, room, since, config.resumeLimit, firstBytes);
       welcome.history = resumed.messages;
       welcome.recovered = resumed.complete;
       return { welcome, rest: resumed.rest };

@@ -60,8 +60,11 @@ function setup(env: Record<string, string> = {}) {
   return { config, store, hub, start, open };
 }
 
-/** `n` stored messages of ~2 KB, ids in the past so the hub's next ones follow them. */
-async function seed(store: HistoryStore, n: number): Promise<ChatMessage[]> {
+/**
+ * `n` stored messages of ~2 KB (or `text`), ids in the past so the hub's next
+ * ones follow them. 600 of them (1.2 MB) are more than a welcome carries.
+ */
+async function seed(store: HistoryStore, n: number, text = BIG): Promise<ChatMessage[]> {
   const t0 = Date.now() - 10 * 60_000;
   const all: ChatMessage[] = [];
   for (let i = 0; i < n; i++) {
@@ -70,7 +73,7 @@ async function seed(store: HistoryStore, n: number): Promise<ChatMessage[]> {
       id: formatMessageId(t0 + i, 0),
       room: ROOM,
       user: "old",
-      message: `${i} ${BIG}`,
+      message: `${i} ${text}`,
       ts: t0 + i,
     };
     all.push(m);
@@ -94,7 +97,9 @@ function welcomeReply(frames: Frame[]): Frame[] {
 }
 
 const isLastPage = (f: Frame) => f.type === "history" && f.more === false;
-const pageBytes = (f: Frame) => JSON.stringify(f).length;
+const pageBytes = (f: Frame) => Buffer.byteLength(JSON.stringify(f));
+/** What a welcome or a `history` answer's first frame carries at most (half of MAX_BUFFERED_BYTES). */
+const FIRST_BYTES = 512 * 1024;
 
 for (const k of ["memory", "sqlite"] as const)
   describe(`paged replies (${k})`, () => {
@@ -102,15 +107,45 @@ for (const k of ["memory", "sqlite"] as const)
       kind = k;
     });
 
-    it("a resume of 300 x 2 KB arrives whole, in pages of about 64 KiB, recovered speaks for all of it", async () => {
+    it("a resume of 1000 chat messages is one welcome frame, whole (docs/protocol.md: resume)", async () => {
       const { store, open } = setup();
-      const all = await seed(store, 301);
+      const all = await seed(store, 1001, "an ordinary chat message, a line or two of text: nothing paged".repeat(2));
+      const { socket } = await open({ since: all[0]!.id });
+      const welcome = socket.frames[0]!;
+      expect(welcome).toMatchObject({ type: "welcome", recovered: true });
+      expect("more" in welcome).toBe(false);
+      expect(messagesOf(welcome)).toEqual(all.slice(1));
+      expect(socket.frames.filter((f) => f.type === "history")).toEqual([]);
+    });
+
+    it("past RESUME_LIMIT the welcome holds the newest 1000 and recovered: false, paged or not", async () => {
+      const { store, open } = setup();
+      const small = await seed(store, 1100, "short");
+      const one = await open({ since: small[0]!.id });
+      expect(one.socket.frames[0]).toMatchObject({ type: "welcome", recovered: false });
+      expect("more" in one.socket.frames[0]!).toBe(false);
+      expect(messagesOf(one.socket.frames[0]!)).toEqual(small.slice(-1000));
+      // Large ones: paged, still the newest 1000 (not the oldest).
+      const { store: bigStore, open: openBig } = setup();
+      const big = await seed(bigStore, 1100);
+      const paged = await openBig({ since: big[0]!.id });
+      await paged.socket.waitFor(isLastPage);
+      const reply = welcomeReply(paged.socket.frames);
+      expect(reply[0]).toMatchObject({ type: "welcome", recovered: false, more: true });
+      expect(reply.flatMap(messagesOf)).toEqual(big.slice(-1000));
+    });
+
+    it("a resume of 600 x 2 KB arrives whole: the welcome carries up to 512 KiB, pages of about 64 KiB follow", async () => {
+      const { store, open } = setup();
+      const all = await seed(store, 601);
       const { socket } = await open({ since: all[0]!.id });
       await socket.waitFor(isLastPage);
       const reply = welcomeReply(socket.frames);
       expect(reply[0]).toMatchObject({ type: "welcome", recovered: true, more: true });
+      expect(pageBytes(reply[0]!)).toBeLessThanOrEqual(FIRST_BYTES + 1024);
+      expect(pageBytes(reply[0]!)).toBeGreaterThan(FIRST_BYTES - 4 * 1024);
       expect(reply.length).toBeGreaterThan(5);
-      for (const f of reply) expect(pageBytes(f)).toBeLessThan(80 * 1024);
+      for (const f of reply.slice(1)) expect(pageBytes(f)).toBeLessThan(80 * 1024);
       expect(reply.slice(1, -1).every((f) => f.more === true && !("before" in f))).toBe(true);
       expect(reply.flatMap(messagesOf)).toEqual(all.slice(1));
       expect(socket.closes).toEqual([]);
@@ -128,7 +163,7 @@ for (const k of ["memory", "sqlite"] as const)
 
     it("pages wait while the client does not read; live messages wait behind them, then come once each", async () => {
       const { store, open, hub } = setup();
-      const all = await seed(store, 200);
+      const all = await seed(store, 600);
       const socket = new PolledSocket();
       socket.buffered = 200 * 1024; // over the low-water mark, under MAX_BUFFERED_BYTES
       const { session } = await open({ since: all[0]!.id, name: "slow" }, socket);
@@ -153,7 +188,7 @@ for (const k of ["memory", "sqlite"] as const)
       );
       expect(new Set(ids).size).toBe(ids.length); // nothing twice
       expect(ids).toEqual([...ids].sort());
-      expect(ids.length).toBe(199 + 3);
+      expect(ids.length).toBe(599 + 3);
       expect(socket.closes).toEqual([]);
       session.closed();
       other.session.closed();
@@ -186,20 +221,28 @@ for (const k of ["memory", "sqlite"] as const)
       const answer = (f: Frame) => f.type === "history" && "before" in f;
       await socket.waitFor((f) => answer(f) && f.more === false);
       const pages = socket.frames.filter(answer);
-      expect(pages.length).toBeGreaterThan(5);
+      expect(pages.length).toBeGreaterThan(3);
+      // The first frame carries up to 512 KiB, as a welcome does; the rest ~64 KiB each.
+      expect(pageBytes(pages[0]!)).toBeGreaterThan(FIRST_BYTES - 4 * 1024);
+      expect(pageBytes(pages[0]!)).toBeLessThanOrEqual(FIRST_BYTES + 1024);
+      for (const p of pages.slice(1)) expect(pageBytes(p)).toBeLessThan(80 * 1024);
       for (const p of pages) expect(p.before).toBe(all[450]!.id);
       expect(pages.slice(0, -1).every((p) => p.more === true)).toBe(true);
       expect(pages.flatMap(messagesOf)).toEqual(all.slice(50, 450));
-      // A small one is one page, `more: false`.
-      session.message(JSON.stringify({ type: "history", limit: 2 }));
+      // One that fits 512 KiB (200 x 2 KB) is one frame, `more: false`.
+      session.message(JSON.stringify({ type: "history", before: all[450]!.id, limit: 200 }));
       const n = socket.ofType("history").length;
-      const small = await socket.waitFor("history", n + 1);
+      const one = await socket.waitFor("history", n + 1);
+      expect(one.at(-1)).toEqual({ type: "history", messages: all.slice(250, 450), before: all[450]!.id, more: false });
+      // A small one too.
+      session.message(JSON.stringify({ type: "history", limit: 2 }));
+      const small = await socket.waitFor("history", n + 2);
       expect(small.at(-1)).toEqual({ type: "history", messages: all.slice(-2), more: false });
     });
 
     it("history requests are answered in the order asked, after the welcome's pages; too many waiting get rate_limited", async () => {
       const { store, start } = setup();
-      const all = await seed(store, 200);
+      const all = await seed(store, 600);
       const socket = new PolledSocket();
       socket.buffered = 100 * 1024;
       const { session, opened } = start({ since: all[0]!.id }, socket);
@@ -228,23 +271,23 @@ for (const k of ["memory", "sqlite"] as const)
 
     it("messages deleted while a reply is paged are left out; edits show their new text", async () => {
       const { store, open } = setup();
-      const all = await seed(store, 200);
+      const all = await seed(store, 600);
       const socket = new PolledSocket();
       socket.buffered = 100 * 1024;
       await open({ since: all[0]!.id }, socket);
-      await store.delete(ROOM, all[190]!.id);
-      await store.edit(ROOM, all[191]!.id, "new text", 1);
+      await store.delete(ROOM, all[590]!.id);
+      await store.edit(ROOM, all[591]!.id, "new text", 1);
       socket.buffered = 0;
       await socket.waitFor(isLastPage);
       const got = welcomeReply(socket.frames).flatMap(messagesOf);
-      expect(got.map((m) => m.id)).not.toContain(all[190]!.id);
-      expect(got.find((m) => m.id === all[191]!.id)?.message).toBe("new text");
-      expect(got).toHaveLength(198);
+      expect(got.map((m) => m.id)).not.toContain(all[590]!.id);
+      expect(got.find((m) => m.id === all[591]!.id)?.message).toBe("new text");
+      expect(got).toHaveLength(598);
     });
 
     it("a store that fails between pages closes the connection with 1013 (the client resumes from its last id)", async () => {
       const { store, open } = setup();
-      const all = await seed(store, 300);
+      const all = await seed(store, 600);
       const socket = new PolledSocket();
       socket.buffered = 100 * 1024;
       await open({ since: all[0]!.id }, socket);
