@@ -17,7 +17,9 @@
  * second (start, middle, end, after the drain) to show memory does not grow.
  *
  * Options: --rate N (messages/s, 1000), --duration-ms N (20000; 3000 with
- * --quick), --rooms N (20), --variants off,rooms,one (all).
+ * --quick), --rooms N (20), --variants off,rooms,one (all), --cpu-prof DIR, --before DIR
+ * (another checkout, e.g. `git archive` of an older commit: its server runs
+ * the webhook variants too, interleaved with ours, rows marked "(before)").
  */
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
@@ -42,12 +44,17 @@ interface Options {
   durationMs: number;
   rooms: number;
   variants: string[];
+  before: string | null;
+  /** --cpu-prof DIR: each server writes a V8 CPU profile there (node --cpu-prof). */
+  cpuProf: string | null;
 }
 
 interface Variant {
   name: string;
   webhooks: boolean;
   rooms: number;
+  /** The checkout whose server runs (--before), or ours. */
+  cwd?: string;
 }
 
 /** One run of one variant. */
@@ -75,7 +82,14 @@ export interface WebhookRun {
 }
 
 function parse(args: string[], quick: boolean): Options {
-  const o: Options = { rate: 1000, durationMs: quick ? 3000 : 20_000, rooms: 20, variants: ["off", "rooms", "one"] };
+  const o: Options = {
+    rate: 1000,
+    durationMs: quick ? 3000 : 20_000,
+    rooms: 20,
+    variants: ["off", "rooms", "one"],
+    before: null,
+    cpuProf: null,
+  };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     const v = args[i + 1];
@@ -83,6 +97,8 @@ function parse(args: string[], quick: boolean): Options {
     else if (a === "--duration-ms") o.durationMs = Number(v);
     else if (a === "--rooms") o.rooms = Number(v);
     else if (a === "--variants") o.variants = (v ?? "").split(",");
+    else if (a === "--before") o.before = v ?? null;
+    else if (a === "--cpu-prof") o.cpuProf = v ?? null;
     else continue;
     i++;
   }
@@ -166,7 +182,9 @@ async function runOnce(v: Variant, o: Options, log: (l: string) => void): Promis
   if (v.webhooks) Object.assign(env, { WEBHOOK_URL: receiver.url, WEBHOOK_SECRET: SECRET });
   let server: Started | null = null;
   try {
-    server = await startServer({ command: [...NODE_TS, "src/index.ts"], env });
+    const prof = o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${o.cpuProf}`] : [];
+    const [node, ...flags] = NODE_TS;
+    server = await startServer({ command: [node!, ...prof, ...flags, "src/index.ts"], env, cwd: v.cwd });
     const pid = server.child.pid!;
     const clients = await openClients(server.port, v.rooms);
     const rss: number[] = [];
@@ -249,6 +267,10 @@ export async function run(ctx: ScenarioContext): Promise<ScenarioReport> {
   ];
   const keys = ["off", "rooms", "one"];
   const variants = all.filter((_, i) => o.variants.includes(keys[i]!));
+  if (o.before) {
+    const cwd = o.before;
+    variants.push(...variants.filter((v) => v.webhooks).map((v) => ({ ...v, name: `${v.name} (before)`, cwd })));
+  }
   const runs: WebhookRun[] = [];
   // Rounds interleave the variants, so a change in the machine's load hits them alike.
   for (let r = 0; r < ctx.runs; r++) {
