@@ -20,7 +20,7 @@
  * - Slow consumers: Workers' WebSocket has no `bufferedAmount`; the runtime
  *   queues outgoing frames itself, so the 1013 rule (MAX_BUFFERED_BYTES)
  *   cannot be measured and does not apply.
- * - /metrics answers 404 JSON (PROTOCOL.md requires it on Node, Bun, Deno).
+ * - /metrics answers 404 JSON (the protocol requires it on Node, Bun, Deno).
  * - Shutdown and draining are the platform's: /healthz is always "ok".
  * - Frames: the platform accepts frames up to 32 MiB; the Session closes with
  *   1009 past MAX_FRAME_BYTES itself (text and binary).
