@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { resolve } from "node:path";
+import WebSocket from "ws";
 import { track } from "./cleanup.ts";
 import { freePort, type RunningServer, ServerProcess, type ServerTarget, tempHistoryPath } from "./server.ts";
 
@@ -92,4 +93,64 @@ function ready(child: ChildProcess, port: number, env: Record<string, string>): 
     };
     void poll();
   });
+}
+
+/** How long a fixture call may go unanswered before it fails. */
+const CALL_TIMEOUT_MS = 5000;
+
+/**
+ * One WebSocket to one fixture object (test/workers/fixture.ts): every call
+ * `{id, gen, method, args}` is answered by id; a call the object throws on
+ * rejects with its message, and the socket closing rejects what is waiting.
+ */
+export class FixtureLine<M extends string> {
+  #next = 0;
+  readonly #waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  private constructor(readonly ws: WebSocket) {
+    ws.on("message", (data) => {
+      const reply = JSON.parse(data.toString()) as { id: number; ok: boolean; value?: unknown; error?: string };
+      const w = this.#waiting.get(reply.id);
+      this.#waiting.delete(reply.id);
+      if (reply.ok) w?.resolve(reply.value);
+      else w?.reject(new Error(reply.error));
+    });
+    ws.on("close", () => {
+      for (const w of this.#waiting.values()) w.reject(new Error(`fixture socket closed (${ws.url})`));
+      this.#waiting.clear();
+    });
+  }
+
+  /** Opens `url` (the fixture Worker's `/<path>?name=...`); closed when the test ends. */
+  static async open<M extends string>(url: string): Promise<FixtureLine<M>> {
+    const ws = new WebSocket(url);
+    track(() => ws.close());
+    await new Promise<void>((resolve, reject) => {
+      ws.once("open", () => resolve());
+      ws.once("error", reject);
+    });
+    return new FixtureLine<M>(ws);
+  }
+
+  /** Calls `method` on generation `gen` of the object's instance under test. */
+  call(gen: number, method: M, args: unknown[] = []): Promise<unknown> {
+    const id = ++this.#next;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`${method} not answered in ${CALL_TIMEOUT_MS} ms`)),
+        CALL_TIMEOUT_MS,
+      );
+      this.#waiting.set(id, {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.ws.send(JSON.stringify({ id, gen, method, args }));
+    });
+  }
 }

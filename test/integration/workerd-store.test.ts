@@ -6,83 +6,22 @@
  * made, as in-process).
  */
 import { beforeAll } from "vitest";
-import WebSocket from "ws";
 import type { ChatMessage } from "../../src/protocol.ts";
 import type { HistoryStore, PageResult, ResumeResult } from "../../src/store/store.ts";
-import { track } from "../helpers/cleanup.ts";
 import type { RunningServer } from "../helpers/server.ts";
-import { wranglerTarget } from "../helpers/workerd.ts";
+import { FixtureLine, wranglerTarget } from "../helpers/workerd.ts";
 import { storeContract } from "../unit/store.contract.ts";
 import type { StoreCall } from "../workers/store-worker.ts";
 
 const target = wranglerTarget("workerd store fixture", "test/workers/wrangler.jsonc");
-const CALL_TIMEOUT_MS = 5000;
 
 let server: RunningServer;
 beforeAll(async () => {
   server = await target.start();
 });
 
-interface Reply {
-  id: number;
-  ok: boolean;
-  value?: unknown;
-  error?: string;
-}
-
-/** One socket to one store's object; every call is answered by id. */
-class StoreLine {
-  #next = 0;
-  readonly #waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-
-  private constructor(readonly ws: WebSocket) {
-    ws.on("message", (data) => {
-      const reply = JSON.parse(data.toString()) as Reply;
-      const w = this.#waiting.get(reply.id);
-      this.#waiting.delete(reply.id);
-      if (reply.ok) w?.resolve(reply.value);
-      else w?.reject(new Error(reply.error));
-    });
-    ws.on("close", () => {
-      for (const w of this.#waiting.values()) w.reject(new Error("store socket closed"));
-      this.#waiting.clear();
-    });
-  }
-
-  static async open(name: string, limit: number, ttlMs: number): Promise<StoreLine> {
-    const base = server.wsUrl.replace("/websocket", "/store");
-    const ws = new WebSocket(`${base}?name=${name}&limit=${limit}&ttlMs=${ttlMs}`);
-    await new Promise<void>((resolve, reject) => {
-      ws.once("open", () => resolve());
-      ws.once("error", reject);
-    });
-    return new StoreLine(ws);
-  }
-
-  call(gen: number, method: StoreCall["method"], args: unknown[] = []): Promise<unknown> {
-    const id = ++this.#next;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`${method} not answered in ${CALL_TIMEOUT_MS} ms`)),
-        CALL_TIMEOUT_MS,
-      );
-      this.#waiting.set(id, {
-        resolve: (v) => {
-          clearTimeout(timer);
-          resolve(v);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      });
-      this.ws.send(JSON.stringify({ id, gen, method, args } satisfies StoreCall));
-    });
-  }
-}
-
 /** A HistoryStore whose every call runs on one generation of the store in the object. */
-function remoteStore(line: StoreLine, gen: number): HistoryStore {
+function remoteStore(line: FixtureLine<StoreCall["method"]>, gen: number): HistoryStore {
   return {
     append: (m: ChatMessage) => line.call(gen, "append", [m]).then(() => {}),
     latest: (room, limit) => line.call(gen, "latest", [room, limit]) as Promise<ChatMessage[]>,
@@ -111,10 +50,11 @@ let storeSeq = 0;
 
 storeContract("SqliteStore over Durable Object storage (workerd)", async (options = {}) => {
   // A fresh object per store: its own, empty storage.
-  const line = await StoreLine.open(`store-${process.pid}-${++storeSeq}`, options.limit ?? 10000, options.ttlMs ?? 0);
+  const name = `store-${process.pid}-${++storeSeq}`;
+  const query = `name=${name}&limit=${options.limit ?? 10000}&ttlMs=${options.ttlMs ?? 0}`;
+  const line = await FixtureLine.open<StoreCall["method"]>(`${server.wsUrl.replace("/websocket", "/store")}?${query}`);
   let gen = 0;
   let current = remoteStore(line, gen);
-  track(() => line.ws.close());
   return {
     get store() {
       return current;

@@ -9,44 +9,37 @@
  * come back whenever their promises settle, so batching behaves as it does
  * inside the chat's object.
  */
-import type {
-  WebSocketPair as CfWebSocketPair,
-  DurableObjectNamespace,
-  DurableObjectState,
-} from "@cloudflare/workers-types/index.ts";
+import type { DurableObjectNamespace, DurableObjectState } from "@cloudflare/workers-types/index.ts";
 import type { ChatMessage } from "../../src/protocol.ts";
 import { durableSqlite } from "../../src/store/durable.ts";
 import { SqliteStore } from "../../src/store/sqlite.ts";
+import { type FixtureCall, routeToObject, serveCalls } from "./fixture.ts";
 
 interface Env {
   STORES: DurableObjectNamespace;
 }
 
 /** One call: `gen` names the store instance (a reopen makes the next one). */
-export interface StoreCall {
-  id: number;
-  gen: number;
-  method:
-    | "append"
-    | "latest"
-    | "before"
-    | "since"
-    | "after"
-    | "sinceFirst"
-    | "get"
-    | "edit"
-    | "delete"
-    | "ban"
-    | "unban"
-    | "bannedUntil"
-    | "lastId"
-    | "flush"
-    | "close"
-    | "reopen"
-    | "prune"
-    | "now";
-  args: unknown[];
-}
+export type StoreCall = FixtureCall<
+  | "append"
+  | "latest"
+  | "before"
+  | "since"
+  | "after"
+  | "sinceFirst"
+  | "get"
+  | "edit"
+  | "delete"
+  | "ban"
+  | "unban"
+  | "bannedUntil"
+  | "lastId"
+  | "flush"
+  | "close"
+  | "reopen"
+  | "prune"
+  | "now"
+>;
 
 export class StoreHost {
   readonly #ctx: DurableObjectState;
@@ -77,24 +70,7 @@ export class StoreHost {
       clock = ms;
     };
     this.#stores.set(0, this.#open());
-    const { WebSocketPair } = globalThis as unknown as { WebSocketPair: typeof CfWebSocketPair };
-    const pair = new WebSocketPair();
-    const socket = pair[1];
-    socket.accept();
-    socket.addEventListener("message", (event) => {
-      const call = JSON.parse(String(event.data)) as StoreCall;
-      let result: Promise<unknown>;
-      try {
-        result = Promise.resolve(this.#call(call));
-      } catch (error) {
-        result = Promise.reject(error);
-      }
-      result.then(
-        (value) => socket.send(JSON.stringify({ id: call.id, ok: true, value: value ?? null })),
-        (error: unknown) => socket.send(JSON.stringify({ id: call.id, ok: false, error: String(error) })),
-      );
-    });
-    return new Response(null, { status: 101, webSocket: pair[0] } as ResponseInit);
+    return serveCalls<StoreCall>((call) => this.#call(call));
   }
 
   #call(call: StoreCall): unknown {
@@ -148,11 +124,6 @@ export class StoreHost {
 
 export default {
   fetch(request: Request, env: Env): Response | Promise<Response> {
-    const url = new URL(request.url);
-    if (url.pathname === "/healthz") return Response.json({ status: "ok" });
-    const name = url.searchParams.get("name");
-    if (url.pathname !== "/store" || !name) return Response.json({ error: "not found" }, { status: 404 });
-    const stub = env.STORES.get(env.STORES.idFromName(name)) as unknown as { fetch(r: Request): Promise<Response> };
-    return stub.fetch(request);
+    return routeToObject(request, env.STORES, "/store");
   },
 };

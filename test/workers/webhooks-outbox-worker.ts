@@ -6,27 +6,21 @@
  * vitest on Node. Calls start in the order they arrive; answers come back as
  * their promises settle (adds batch as inside the chat's object).
  */
-import type {
-  WebSocketPair as CfWebSocketPair,
-  DurableObjectNamespace,
-  DurableObjectState,
-} from "@cloudflare/workers-types/index.ts";
+import type { DurableObjectNamespace, DurableObjectState } from "@cloudflare/workers-types/index.ts";
 import { durableSqlite } from "../../src/store/durable.ts";
 import type { WebhookEvent } from "../../src/webhooks/events.ts";
 import type { RoomRetry } from "../../src/webhooks/outbox.ts";
 import { SqliteOutbox } from "../../src/webhooks/sqlite-outbox.ts";
+import { type FixtureCall, routeToObject, serveCalls } from "./fixture.ts";
 
 interface Env {
   OUTBOXES: DurableObjectNamespace;
 }
 
 /** One call: `gen` names the outbox instance (a reopen makes the next one). */
-export interface OutboxCall {
-  id: number;
-  gen: number;
-  method: "add" | "due" | "nextDue" | "head" | "remove" | "failed" | "pending" | "flush" | "close" | "reopen";
-  args: unknown[];
-}
+export type OutboxCall = FixtureCall<
+  "add" | "due" | "nextDue" | "head" | "remove" | "failed" | "pending" | "flush" | "close" | "reopen"
+>;
 
 export class OutboxHost {
   readonly #ctx: DurableObjectState;
@@ -42,24 +36,7 @@ export class OutboxHost {
 
   fetch(): Response {
     this.#outboxes.set(0, this.#open());
-    const { WebSocketPair } = globalThis as unknown as { WebSocketPair: typeof CfWebSocketPair };
-    const pair = new WebSocketPair();
-    const socket = pair[1];
-    socket.accept();
-    socket.addEventListener("message", (event) => {
-      const call = JSON.parse(String(event.data)) as OutboxCall;
-      let result: Promise<unknown>;
-      try {
-        result = Promise.resolve(this.#call(call));
-      } catch (error) {
-        result = Promise.reject(error);
-      }
-      result.then(
-        (value) => socket.send(JSON.stringify({ id: call.id, ok: true, value: value ?? null })),
-        (error: unknown) => socket.send(JSON.stringify({ id: call.id, ok: false, error: String(error) })),
-      );
-    });
-    return new Response(null, { status: 101, webSocket: pair[0] } as ResponseInit);
+    return serveCalls<OutboxCall>((call) => this.#call(call));
   }
 
   #call(call: OutboxCall): unknown {
@@ -97,11 +74,6 @@ export class OutboxHost {
 
 export default {
   fetch(request: Request, env: Env): Response | Promise<Response> {
-    const url = new URL(request.url);
-    if (url.pathname === "/healthz") return Response.json({ status: "ok" });
-    const name = url.searchParams.get("name");
-    if (url.pathname !== "/outbox" || !name) return Response.json({ error: "not found" }, { status: 404 });
-    const stub = env.OUTBOXES.get(env.OUTBOXES.idFromName(name)) as unknown as { fetch(r: Request): Promise<Response> };
-    return stub.fetch(request);
+    return routeToObject(request, env.OUTBOXES, "/outbox");
   },
 };
