@@ -76,11 +76,46 @@ const TRACKED_ROOMS = 4096;
 /** Expired rows deleted per pass, so one pass never stalls the event loop for long. */
 const EXPIRE_CHUNK = 2000;
 
-interface Pending {
-  messages: ChatMessage[];
+/**
+ * Writes gathered for one commit, and the promise every writer in it waits
+ * on: settled once, when the commit succeeds or fails.
+ */
+export interface WriteBatch<T> {
+  items: T[];
   done: Promise<void>;
   resolve: () => void;
   reject: (error: unknown) => void;
+}
+
+/** An empty {@link WriteBatch} with its promise not yet settled. */
+export function openBatch<T>(): WriteBatch<T> {
+  let resolve!: () => void;
+  let reject!: (error: unknown) => void;
+  const done = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { items: [], done, resolve, reject };
+}
+
+/**
+ * Runs `fn` in one transaction, rolled back when it throws: through the
+ * driver's `transactionSync` where it has one (Durable Object storage), else
+ * with BEGIN/COMMIT statements.
+ */
+export function inTransaction(db: SqliteDatabase, fn: () => void): void {
+  if (db.transactionSync) {
+    db.transactionSync(fn);
+    return;
+  }
+  db.exec("BEGIN");
+  try {
+    fn();
+    db.exec("COMMIT");
+  } catch (error) {
+    db.exec("ROLLBACK");
+    throw error;
+  }
 }
 
 // setImmediate runs after pending I/O, so one flush collects every frame
@@ -113,7 +148,7 @@ export class SqliteStore implements HistoryStore {
   readonly #unban: SqliteStatement;
   readonly #banned: SqliteStatement;
   readonly #expireBans: SqliteStatement;
-  #pending: Pending | null = null;
+  #pending: WriteBatch<ChatMessage> | null = null;
   /**
    * Appends per room since its last prune, for the {@link TRACKED_ROOMS} rooms
    * written most recently (a Map in insertion order is the LRU); rooms not
@@ -223,16 +258,10 @@ export class SqliteStore implements HistoryStore {
   append(message: ChatMessage): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("history store is closed"));
     if (!this.#pending) {
-      let resolve!: () => void;
-      let reject!: (error: unknown) => void;
-      const done = new Promise<void>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      this.#pending = { messages: [], done, resolve, reject };
+      this.#pending = openBatch();
       schedule(() => this.#commit());
     }
-    this.#pending.messages.push(message);
+    this.#pending.items.push(message);
     return this.#pending.done;
   }
 
@@ -242,25 +271,14 @@ export class SqliteStore implements HistoryStore {
     this.#pending = null;
     const write = () => {
       const touched = new Map<string, number>();
-      for (const m of batch.messages) {
+      for (const m of batch.items) {
         this.#insert.run(m.room, m.id, m.user, m.message, m.ts);
         touched.set(m.room, (touched.get(m.room) ?? 0) + 1);
       }
       for (const [room, n] of touched) this.#maybePrune(room, n);
     };
     try {
-      if (this.#db.transactionSync) {
-        this.#db.transactionSync(write);
-      } else {
-        this.#db.exec("BEGIN");
-        try {
-          write();
-          this.#db.exec("COMMIT");
-        } catch (error) {
-          this.#db.exec("ROLLBACK");
-          throw error;
-        }
-      }
+      inTransaction(this.#db, write);
       batch.resolve();
     } catch (error) {
       batch.reject(error);

@@ -1,13 +1,12 @@
-import type { SqliteDatabase, SqliteStatement } from "../store/sqlite.ts";
+import {
+  inTransaction,
+  openBatch,
+  type SqliteDatabase,
+  type SqliteStatement,
+  type WriteBatch,
+} from "../store/sqlite.ts";
 import type { WebhookEvent } from "./events.ts";
 import { eventBody, FRESH, type Outbox, type PendingEvent, type RoomRetry } from "./outbox.ts";
-
-interface Pending {
-  events: WebhookEvent[];
-  done: Promise<void>;
-  resolve: () => void;
-  reject: (error: unknown) => void;
-}
 
 interface EventRow {
   seq: number | bigint;
@@ -53,7 +52,7 @@ export class SqliteOutbox implements Outbox {
   readonly #deleteRoom: SqliteStatement;
   readonly #count: SqliteStatement;
   readonly #batchMs: number;
-  #pending: Pending | null = null;
+  #pending: WriteBatch<WebhookEvent> | null = null;
   #timer: ReturnType<typeof setTimeout> | null = null;
   #closed = false;
 
@@ -105,16 +104,10 @@ export class SqliteOutbox implements Outbox {
   add(event: WebhookEvent): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("webhook outbox is closed"));
     if (!this.#pending) {
-      let resolve!: () => void;
-      let reject!: (error: unknown) => void;
-      const done = new Promise<void>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      this.#pending = { events: [], done, resolve, reject };
+      this.#pending = openBatch();
       this.#timer = setTimeout(() => this.#commit(), this.#batchMs);
     }
-    this.#pending.events.push(event);
+    this.#pending.items.push(event);
     return this.#pending.done;
   }
 
@@ -125,8 +118,8 @@ export class SqliteOutbox implements Outbox {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     try {
-      this.#transaction(() => {
-        for (const e of batch.events) {
+      inTransaction(this.#db, () => {
+        for (const e of batch.items) {
           this.#insert.run(e.room, e.id, e.ts, eventBody(e));
           this.#insertRoom.run(e.room);
         }
@@ -134,21 +127,6 @@ export class SqliteOutbox implements Outbox {
       batch.resolve();
     } catch (error) {
       batch.reject(error);
-    }
-  }
-
-  #transaction(fn: () => void): void {
-    if (this.#db.transactionSync) {
-      this.#db.transactionSync(fn);
-      return;
-    }
-    this.#db.exec("BEGIN");
-    try {
-      fn();
-      this.#db.exec("COMMIT");
-    } catch (error) {
-      this.#db.exec("ROLLBACK");
-      throw error;
     }
   }
 
@@ -178,7 +156,7 @@ export class SqliteOutbox implements Outbox {
   }
 
   async remove(room: string, key: string, retry: RoomRetry): Promise<void> {
-    this.#transaction(() => {
+    inTransaction(this.#db, () => {
       this.#delete.run(room, Number(key));
       if (this.#hasMore.get(room) == null) this.#deleteRoom.run(room);
       else this.#setRoom.run(retry.attempts, retry.failingSince, retry.nextAt, room);
