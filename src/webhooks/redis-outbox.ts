@@ -118,6 +118,16 @@ export class LeaseLostError extends Error {
   override name = "LeaseLostError";
 }
 
+/** A fenced script's answer: -1 when the owner no longer holds the lease. */
+function fenced(answer: number): void {
+  if (answer === -1) throw new LeaseLostError("lost the webhook lease; another instance delivers now");
+}
+
+/** A room's retry state as the scripts' ARGV: attempts, failingSince ("" for none), nextAt. */
+function retryArgv(retry: RoomRetry): [string, string, string] {
+  return [String(retry.attempts), retry.failingSince === null ? "" : String(retry.failingSince), String(retry.nextAt)];
+}
+
 /**
  * One lease for the whole outbox (HUB=redis): the instance holding it
  * delivers every room, the others only add. Why one lease and not one per
@@ -240,38 +250,17 @@ export class RedisOutbox implements Outbox {
   }
 
   async remove(room: string, key: string, retry: RoomRetry): Promise<void> {
-    const k = this.keys;
-    const r = await this.#redis.whRemove(
-      k.queue(room),
-      k.due,
-      k.retry,
-      k.count,
-      k.lease,
-      this.#owner,
-      room,
-      key,
-      String(retry.attempts),
-      retry.failingSince === null ? "" : String(retry.failingSince),
-      String(retry.nextAt),
-    );
-    if (r === -1) throw new LeaseLostError("lost the webhook lease; another instance delivers now");
+    fenced(await this.#redis.whRemove(...this.#fencedKeys(room), this.#owner, room, key, ...retryArgv(retry)));
   }
 
   async failed(room: string, retry: RoomRetry): Promise<void> {
+    fenced(await this.#redis.whFailed(...this.#fencedKeys(room), this.#owner, room, ...retryArgv(retry)));
+  }
+
+  /** KEYS of the fenced scripts (REMOVE, FAILED): queue, due, retry, count, lease. */
+  #fencedKeys(room: string): [string, string, string, string, string] {
     const k = this.keys;
-    const r = await this.#redis.whFailed(
-      k.queue(room),
-      k.due,
-      k.retry,
-      k.count,
-      k.lease,
-      this.#owner,
-      room,
-      String(retry.attempts),
-      retry.failingSince === null ? "" : String(retry.failingSince),
-      String(retry.nextAt),
-    );
-    if (r === -1) throw new LeaseLostError("lost the webhook lease; another instance delivers now");
+    return [k.queue(room), k.due, k.retry, k.count, k.lease];
   }
 
   async pending(): Promise<number> {
