@@ -6,40 +6,13 @@
  * scenario ran, that the normal clients lost nothing, and that the attacker
  * met the limits (it is refused or told to wait).
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { HostileRun } from "../../bench/hostile.ts";
+import { runBench } from "../helpers/bench.ts";
 import { track } from "../helpers/cleanup.ts";
-
-const ROOT = resolve(import.meta.dirname, "../..");
-
-function runBench(args: string[], ms: number): Promise<{ code: number | null; out: string }> {
-  return new Promise((res) => {
-    const child = spawn("node", ["--import", "tsx", "bench/run.ts", ...args], {
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    child.stderr.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), ms);
-    track(() => {
-      clearTimeout(timer);
-      if (child.exitCode === null) child.kill("SIGKILL");
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      res({ code, out });
-    });
-  });
-}
 
 describe("bench: hostile scenario smoke", () => {
   it("runs every attack against Node beside the run without one; normal clients lose nothing; the attacker is limited", async () => {

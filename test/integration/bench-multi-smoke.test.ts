@@ -7,41 +7,14 @@
  * message reached every client of its room once and in order on both
  * servers, and that with two instances messages crossed between them.
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { MultiLoadResult } from "../../bench/socketio-load.ts";
+import { runBench } from "../helpers/bench.ts";
 import { track } from "../helpers/cleanup.ts";
 import { haveRedisServer } from "../helpers/redis.ts";
-
-const ROOT = resolve(import.meta.dirname, "../..");
-
-function runBench(args: string[], ms: number): Promise<{ code: number | null; out: string }> {
-  return new Promise((res) => {
-    const child = spawn("node", ["--import", "tsx", "bench/run.ts", ...args], {
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    child.stderr.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), ms);
-    track(() => {
-      clearTimeout(timer);
-      if (child.exitCode === null) child.kill("SIGKILL");
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      res({ code, out });
-    });
-  });
-}
 
 interface Report {
   markdown: string;

@@ -3,16 +3,14 @@
  * servers, writes its JSON, and sees zero loss at a tiny load. Benchmarks are
  * not tests: nothing here looks at how fast anything was.
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { type LoadResult, runLoad } from "../../bench/loadgen.ts";
+import { runBench } from "../helpers/bench.ts";
 import { track } from "../helpers/cleanup.ts";
-
-const ROOT = resolve(import.meta.dirname, "../..");
 
 interface Report {
   command: string;
@@ -32,32 +30,6 @@ interface Report {
   }>;
   rows: Array<{ target: string; scenario: string; result?: LoadResult; error?: string }>;
   markdown: string;
-}
-
-/** Runs the bench CLI with `args`, at most `ms`; resolves with its exit code and output. */
-function runBench(args: string[], ms: number): Promise<{ code: number | null; out: string }> {
-  return new Promise((res) => {
-    const child = spawn("node", ["--import", "tsx", "bench/run.ts", ...args], {
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    child.stderr.on("data", (c: Buffer) => {
-      out += c.toString();
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), ms);
-    track(() => {
-      clearTimeout(timer);
-      if (child.exitCode === null) child.kill("SIGKILL");
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      res({ code, out });
-    });
-  });
 }
 
 describe("bench smoke (npm run bench -- --quick)", () => {

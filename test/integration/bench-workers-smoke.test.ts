@@ -4,15 +4,13 @@
  * Object floor on workerd, measures, stops them, and writes its JSON, with
  * zero loss at a tiny load. Nothing here looks at how fast anything was.
  */
-import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { expect, it } from "vitest";
 import type { LoadResult } from "../../bench/loadgen.ts";
+import { runBench } from "../helpers/bench.ts";
 import { track } from "../helpers/cleanup.ts";
-
-const ROOT = resolve(import.meta.dirname, "../..");
 
 interface Report {
   scenario: string;
@@ -27,28 +25,7 @@ interface Report {
 it("npm run bench -- workers --quick runs ours and the floor on workerd and reports", async () => {
   const out = mkdtempSync(join(tmpdir(), "bench-workers-smoke-"));
   track(() => rmSync(out, { recursive: true, force: true }));
-  const { code, log } = await new Promise<{ code: number | null; log: string }>((res) => {
-    const child = spawn("node", ["--import", "tsx", "bench/run.ts", "workers", "--quick", "--out", out], {
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let log = "";
-    child.stdout.on("data", (c: Buffer) => {
-      log += c.toString();
-    });
-    child.stderr.on("data", (c: Buffer) => {
-      log += c.toString();
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), 280_000);
-    track(() => {
-      clearTimeout(timer);
-      if (child.exitCode === null) child.kill("SIGKILL");
-    });
-    child.once("exit", (exit) => {
-      clearTimeout(timer);
-      res({ code: exit, log });
-    });
-  });
+  const { code, out: log } = await runBench(["workers", "--quick", "--out", out], 280_000);
   expect(code, log.slice(-3000)).toBe(0);
 
   const files = readdirSync(out).filter((f) => f.endsWith("-workers.json"));
