@@ -107,24 +107,20 @@ function bytesOf(m: ChatMessage): number {
   return jsonBytes(m.message) + jsonBytes(m.user) + jsonBytes(m.room) + 96;
 }
 
-/** How many of `list` (from `from`) fit in `budget` bytes; at least one when any are left. */
-function countBytes(list: readonly ChatMessage[], from: number, budget: number): number {
+/**
+ * How many of `list` (from `from`) fit in `budget` as `size` measures them
+ * ({@link sizeOf} units or {@link bytesOf} bytes); at least one when any are left.
+ */
+function countFitting(
+  list: readonly ChatMessage[],
+  from: number,
+  budget: number,
+  size: (m: ChatMessage) => number,
+): number {
   let n = 0;
   let used = 0;
   while (from + n < list.length) {
-    used += bytesOf(list[from + n] as ChatMessage);
-    if (n > 0 && used > budget) break;
-    n++;
-  }
-  return n;
-}
-
-/** How many of `list` (from `from`) fit in `budget` units; at least one when any are left. */
-function countFitting(list: readonly ChatMessage[], from: number, budget: number): number {
-  let n = 0;
-  let used = 0;
-  while (from + n < list.length) {
-    used += sizeOf(list[from + n] as ChatMessage);
+    used += size(list[from + n] as ChatMessage);
     if (n > 0 && used > budget) break;
     n++;
   }
@@ -176,7 +172,7 @@ class PageSource {
   /** Keeps `units` of the buffer from `from` on; what is dropped is read again later. */
   #keep(from: number, units: number): void {
     const list = this.#buffer;
-    const end = from + (from < list.length ? countFitting(list, from, units) : 0);
+    const end = from + (from < list.length ? countFitting(list, from, units, sizeOf) : 0);
     if (end < list.length) {
       this.#readAll = false;
       this.#cursor = (list[end - 1] as ChatMessage).id;
@@ -187,7 +183,7 @@ class PageSource {
 
   /** The reply's first frame: as much as fits `bytes` (at least one message); then only the read-ahead is kept. */
   first(bytes: number): ChatMessage[] {
-    const n = countBytes(this.#buffer, this.#at, bytes);
+    const n = countFitting(this.#buffer, this.#at, bytes, bytesOf);
     const page = this.#buffer.slice(this.#at, this.#at + n);
     this.#keep(this.#at + n, this.readAhead);
     return page;
@@ -205,7 +201,7 @@ class PageSource {
 
   /** The next page from what is read already (may be empty when a read is due). */
   take(pageSize: number): ChatMessage[] {
-    const n = countFitting(this.#buffer, this.#at, pageSize);
+    const n = countFitting(this.#buffer, this.#at, pageSize, sizeOf);
     const page = this.#buffer.slice(this.#at, this.#at + n);
     this.#at += n;
     return page;
