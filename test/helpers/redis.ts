@@ -6,6 +6,19 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { Redis } from "ioredis";
+import { afterAll } from "vitest";
+import type { ChatMessage } from "../../src/protocol.ts";
+import { createRedisClient, waitReady } from "../../src/redis/client.ts";
+import {
+  type AppendPublish,
+  type EpochCheck,
+  type RedisCommands,
+  RedisLog,
+  type RedisLogOptions,
+} from "../../src/redis/log.ts";
+import { RedisStore } from "../../src/store/redis.ts";
+import type { HistoryStore } from "../../src/store/store.ts";
+import { FailingStore } from "./failing-store.ts";
 
 /** The Redis the suites use. @default "redis://127.0.0.1:6379" */
 export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -35,6 +48,9 @@ const pingError = await ping(REDIS_URL);
 export const redisSkipReason: string | null =
   pingError === null ? null : `no Redis answers at ${REDIS_URL} (${pingError}); run the suite with npm test`;
 
+/** ` (skipped: why)` for a describe title when Redis does not answer, else "". */
+export const redisSkipNote = redisSkipReason ? ` (skipped: ${redisSkipReason})` : "";
+
 /** True when `redis-server` is on the PATH (fault tests start their own). */
 export const haveRedisServer = spawnSync("sh", ["-c", "command -v redis-server"]).status === 0;
 
@@ -42,6 +58,72 @@ let prefixSeq = 0;
 /** A key prefix no other test (or run) uses. */
 export function uniquePrefix(tag = "t"): string {
   return `test:${tag}:${process.pid}-${Date.now().toString(36)}-${++prefixSeq}:`;
+}
+
+/**
+ * Call once at a file's top level: returns a maker of {@link uniquePrefix}es
+ * whose keys on the shared Redis are deleted when the file ends.
+ */
+export function prefixesDeletedAfterAll(): (tag?: string) => string {
+  const prefixes: string[] = [];
+  afterAll(async () => {
+    if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
+  });
+  return (tag) => {
+    const prefix = uniquePrefix(tag);
+    prefixes.push(prefix);
+    return prefix;
+  };
+}
+
+/**
+ * A client to `url` once it is ready (or after 3 s: the client fails fast
+ * instead of queueing, so a test's first command would otherwise race the
+ * connection). Its error events are swallowed: commands still reject.
+ */
+export async function readyClient(url = REDIS_URL): Promise<Redis> {
+  const client = createRedisClient(url);
+  client.on("error", () => {});
+  await waitReady(client, 3000);
+  return client;
+}
+
+/**
+ * A log whose appends fail while the hub contract's FailingStore says so:
+ * with HUB=redis the hub appends through the log (which also publishes), so
+ * that is where the contract's "the store fails" has to bite.
+ */
+export class GatedLog extends RedisLog {
+  constructor(
+    redis: RedisCommands,
+    options: RedisLogOptions,
+    readonly gate: FailingStore,
+  ) {
+    super(redis, options);
+  }
+
+  override append(message: ChatMessage, check?: EpochCheck, publish?: AppendPublish): Promise<boolean> {
+    if (this.gate.failAppends === "throw") throw new Error("store unavailable (test)");
+    if (this.gate.failAppends === "reject") return Promise.reject(new Error("store unavailable (test)"));
+    return super.append(message, check, publish);
+  }
+}
+
+/**
+ * The log and store a Redis hub is built with in the hub contract: the store
+ * wrapped by the contract's `wrapStore` when given, and the log gated by it
+ * when the wrapper is a FailingStore. `base` is the unwrapped store.
+ */
+export function hubLogAndStore(
+  redis: RedisCommands,
+  prefix: string,
+  wrapStore?: (store: HistoryStore) => HistoryStore,
+): { log: RedisLog; store: HistoryStore; base: RedisStore } {
+  let log = new RedisLog(redis, { prefix });
+  const base = new RedisStore(redis, { log });
+  const store = wrapStore ? wrapStore(base) : base;
+  if (store instanceof FailingStore) log = new GatedLog(redis, { prefix }, store);
+  return { log, store, base };
 }
 
 /** Deletes every key under `prefix` (SCAN, never KEYS or FLUSH on the shared Redis). */

@@ -9,14 +9,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Member } from "../../src/hub/hub.ts";
 import { RedisHub } from "../../src/hub/redis.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
-import type { ChatMessage } from "../../src/protocol.ts";
 import { createRedisCluster, waitReady } from "../../src/redis/client.ts";
-import { type AppendPublish, type EpochCheck, RedisLog, type RedisLogOptions } from "../../src/redis/log.ts";
+import { RedisLog } from "../../src/redis/log.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
-import { FailingStore } from "../helpers/failing-store.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
-import { uniquePrefix } from "../helpers/redis.ts";
+import { hubLogAndStore, uniquePrefix } from "../helpers/redis.ts";
 import { haveClusterTools, LocalCluster } from "../helpers/redis-cluster.ts";
 import { type HubFactoryOptions, hubContract } from "./hub.contract.ts";
 import { storeContract } from "./store.contract.ts";
@@ -32,34 +30,12 @@ async function client(): Promise<Cluster> {
   return c;
 }
 
-/** See redis-hub.test.ts: the contract's failing store bites at the log the hub appends through. */
-class GatedLog extends RedisLog {
-  constructor(
-    redis: Cluster,
-    options: RedisLogOptions,
-    readonly gate: FailingStore,
-  ) {
-    super(redis, options);
-  }
-
-  override append(message: ChatMessage, check?: EpochCheck, publish?: AppendPublish): Promise<boolean> {
-    if (this.gate.failAppends === "throw") throw new Error("store unavailable (test)");
-    if (this.gate.failAppends === "reject") return Promise.reject(new Error("store unavailable (test)"));
-    return super.append(message, check, publish);
-  }
-}
-
 async function makeHubs(n: number, options: HubFactoryOptions = {}) {
   const prefix = uniquePrefix("cl");
   const hubs: RedisHub[] = [];
   for (let i = 0; i < n; i++) {
     const c = await client();
-    let log = new RedisLog(c, { prefix });
-    let store: HistoryStore = new RedisStore(c, { log });
-    if (options.wrapStore) {
-      store = options.wrapStore(store);
-      if (store instanceof FailingStore) log = new GatedLog(c, { prefix }, store);
-    }
+    const { log, store } = hubLogAndStore(c, prefix, options.wrapStore);
     hubs.push(
       new RedisHub({
         redis: c,

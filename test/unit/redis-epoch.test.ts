@@ -9,20 +9,16 @@
  * non-persistent redis-server, FLUSHALL) are in test/integration/redis-epoch.test.ts.
  */
 import type { Redis } from "ioredis";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { Member } from "../../src/hub/hub.ts";
 import { RedisHub } from "../../src/hub/redis.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
-import { createRedisClient, waitReady } from "../../src/redis/client.ts";
 import { RedisLog } from "../../src/redis/log.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
-import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
+import { prefixesDeletedAfterAll, readyClient, redisSkipNote, redisSkipReason } from "../helpers/redis.ts";
 
-const prefixes: string[] = [];
-afterAll(async () => {
-  if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
-});
+const testPrefix = prefixesDeletedAfterAll();
 
 const isMessage = (f: Record<string, unknown>) => f.type === "message";
 
@@ -35,9 +31,7 @@ interface Instance {
 async function instances(n: number, prefix: string): Promise<Instance[]> {
   const out: Instance[] = [];
   for (let i = 0; i < n; i++) {
-    const redis = createRedisClient(REDIS_URL);
-    const subscriber = createRedisClient(REDIS_URL);
-    await Promise.all([waitReady(redis, 3000), waitReady(subscriber, 3000)]);
+    const [redis, subscriber] = await Promise.all([readyClient(), readyClient()]);
     const log = new RedisLog(redis, { prefix });
     const store = new RedisStore(redis, { log });
     out.push({
@@ -63,12 +57,9 @@ async function closedWith(socket: FakeSocket, ms = 3000): Promise<{ code: number
   return socket.closes[0]!;
 }
 
-const skipped = redisSkipReason ? ` (skipped: ${redisSkipReason})` : "";
-
-describe.skipIf(redisSkipReason !== null)(`Redis epoch${skipped}`, () => {
+describe.skipIf(redisSkipReason !== null)(`Redis epoch${redisSkipNote}`, () => {
   it("history lost with its keys (flush, restart without persistence): old cursors resume incomplete, members resume", async () => {
-    const prefix = uniquePrefix("epoch");
-    prefixes.push(prefix);
+    const prefix = testPrefix("epoch");
     const [a, b] = (await instances(2, prefix)) as [Instance, Instance];
     try {
       const room = "lost";
@@ -103,8 +94,7 @@ describe.skipIf(redisSkipReason !== null)(`Redis epoch${skipped}`, () => {
   });
 
   it("Redis back in time with its meta (failover to a lagging replica, older snapshot): the instance that saw more starts a new epoch", async () => {
-    const prefix = uniquePrefix("epoch");
-    prefixes.push(prefix);
+    const prefix = testPrefix("epoch");
     const [a, b] = (await instances(2, prefix)) as [Instance, Instance];
     try {
       const room = "behind";
@@ -139,8 +129,7 @@ describe.skipIf(redisSkipReason !== null)(`Redis epoch${skipped}`, () => {
   });
 
   it("an instance that catches up after a reconnect and finds the log behind what it delivered starts a new epoch", async () => {
-    const prefix = uniquePrefix("epoch");
-    prefixes.push(prefix);
+    const prefix = testPrefix("epoch");
     const [a] = (await instances(1, prefix)) as [Instance];
     const log = new RedisLog(a.redis, { prefix });
     try {

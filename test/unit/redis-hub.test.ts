@@ -1,45 +1,25 @@
 import type { Redis } from "ioredis";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { Member } from "../../src/hub/hub.ts";
 import { RedisHub } from "../../src/hub/redis.ts";
 import { silentLogger } from "../../src/observability/logger.ts";
-import { type ChatMessage, formatMessageId } from "../../src/protocol.ts";
-import { createRedisClient, waitReady } from "../../src/redis/client.ts";
-import { type AppendPublish, type EpochCheck, RedisLog, type RedisLogOptions } from "../../src/redis/log.ts";
+import { formatMessageId } from "../../src/protocol.ts";
+import { createRedisClient } from "../../src/redis/client.ts";
+import { RedisLog } from "../../src/redis/log.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
 import type { EventSink, HubEvent } from "../../src/webhooks/events.ts";
-import { FailingStore } from "../helpers/failing-store.ts";
 import { FakeSocket } from "../helpers/fake-socket.ts";
-import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
+import {
+  hubLogAndStore,
+  prefixesDeletedAfterAll,
+  readyClient,
+  redisSkipNote,
+  redisSkipReason,
+} from "../helpers/redis.ts";
 import { type HubFactoryOptions, hubContract } from "./hub.contract.ts";
 
-const prefixes: string[] = [];
-afterAll(async () => {
-  if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
-});
-
-/**
- * A log whose appends fail while the contract's FailingStore says so: with
- * HUB=redis the hub appends through the log (which also publishes), so that
- * is where the contract's "the store fails" has to bite.
- */
-class GatedLog extends RedisLog {
-  constructor(
-    redis: Redis,
-    options: RedisLogOptions,
-    readonly gate: FailingStore,
-  ) {
-    super(redis, options);
-  }
-
-  override append(message: ChatMessage, check?: EpochCheck, publish?: AppendPublish): Promise<boolean> {
-    if (this.gate.failAppends === "throw") throw new Error("store unavailable (test)");
-    if (this.gate.failAppends === "reject") return Promise.reject(new Error("store unavailable (test)"));
-    return super.append(message, check, publish);
-  }
-}
+const testPrefix = prefixesDeletedAfterAll();
 
 interface Built {
   hubs: RedisHub[];
@@ -56,23 +36,14 @@ async function makeRedisHubs(
   n: number,
   options: HubFactoryOptions & { presenceTtlMs?: number; events?: (hub: number) => EventSink } = {},
 ): Promise<Built> {
-  const prefix = uniquePrefix("hub");
-  prefixes.push(prefix);
+  const prefix = testPrefix("hub");
   const hubs: RedisHub[] = [];
   const stores: HistoryStore[] = [];
   const logs: RedisLog[] = [];
   const clients: Redis[][] = [];
   for (let i = 0; i < n; i++) {
-    const redis = createRedisClient(REDIS_URL);
-    const subscriber = createRedisClient(REDIS_URL);
-    await Promise.all([waitReady(redis, 3000), waitReady(subscriber, 3000)]);
-    let log = new RedisLog(redis, { prefix });
-    const base = new RedisStore(redis, { log });
-    let store: HistoryStore = base;
-    if (options.wrapStore) {
-      store = options.wrapStore(base);
-      if (store instanceof FailingStore) log = new GatedLog(redis, { prefix }, store);
-    }
+    const [redis, subscriber] = await Promise.all([readyClient(), readyClient()]);
+    const { log, store } = hubLogAndStore(redis, prefix, options.wrapStore);
     stores.push(store);
     logs.push(log);
     clients.push([redis, subscriber]);
@@ -101,17 +72,15 @@ async function makeRedisHubs(
   };
 }
 
-const skipped = redisSkipReason ? ` (skipped: ${redisSkipReason})` : "";
-
 // Wrapped so that without Redis the contract cases are reported as skipped, with the reason.
-describe.skipIf(redisSkipReason !== null)(`RedisHub contract${skipped}`, () => {
+describe.skipIf(redisSkipReason !== null)(`RedisHub contract${redisSkipNote}`, () => {
   hubContract("one RedisHub", (options) => makeRedisHubs(1, options));
   hubContract("three RedisHubs sharing Redis", (options) => makeRedisHubs(3, options));
 });
 
 const isMessage = (f: Record<string, unknown>) => f.type === "message";
 
-describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
+describe.skipIf(redisSkipReason !== null)(`RedisHub${redisSkipNote}`, () => {
   it("ids continue above the room's stream top even when this instance's clock is far behind", async () => {
     const built = await makeRedisHubs(2);
     try {
@@ -249,8 +218,7 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
 
   it("subscribes to a room only while it has local members", async () => {
     const built = await makeRedisHubs(1);
-    const probe = createRedisClient(REDIS_URL);
-    await waitReady(probe, 3000);
+    const probe = await readyClient();
     try {
       const hub = built.hubs[0]!;
       const channel = `${built.prefix}{sub}:ch`;
@@ -320,11 +288,8 @@ describe.skipIf(redisSkipReason !== null)(`RedisHub${skipped}`, () => {
   });
 
   it("with a per-instance history (HISTORY=memory), each delivered message is copied there in order", async () => {
-    const prefix = uniquePrefix("hub");
-    prefixes.push(prefix);
-    const redis = createRedisClient(REDIS_URL);
-    const subscriber = createRedisClient(REDIS_URL);
-    await Promise.all([waitReady(redis, 3000), waitReady(subscriber, 3000)]);
+    const prefix = testPrefix("hub");
+    const [redis, subscriber] = await Promise.all([readyClient(), readyClient()]);
     const mirror = new MemoryStore();
     const hub = new RedisHub({
       redis,

@@ -1,31 +1,24 @@
 import { Redis } from "ioredis";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { formatMessageId } from "../../src/protocol.ts";
-import { createRedisClient, waitReady } from "../../src/redis/client.ts";
+import { createRedisClient } from "../../src/redis/client.ts";
 import { decode, encodeMessage } from "../../src/redis/codec.ts";
 import { RoomKeys } from "../../src/redis/keys.ts";
 import { fromStreamId, HistoryConflictError, RedisLog, toStreamId } from "../../src/redis/log.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
-import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
+import { prefixesDeletedAfterAll, REDIS_URL, readyClient, redisSkipNote, redisSkipReason } from "../helpers/redis.ts";
 import { storeContract } from "./store.contract.ts";
 
-const prefixes: string[] = [];
-afterAll(async () => {
-  if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
-});
-
-const skipped = redisSkipReason ? ` (skipped: ${redisSkipReason})` : "";
+const testPrefix = prefixesDeletedAfterAll();
 
 // Wrapped so that without Redis the contract cases are reported as skipped, with the reason.
-describe.skipIf(redisSkipReason !== null)(`RedisStore contract${skipped}`, () => {
+describe.skipIf(redisSkipReason !== null)(`RedisStore contract${redisSkipNote}`, () => {
   storeContract("RedisStore (streams, real Redis)", async (options = {}) => {
-    const prefix = uniquePrefix("store");
-    prefixes.push(prefix);
+    const prefix = testPrefix("store");
     // The client fails fast instead of queueing, so wait for it to connect.
     const open = async () => {
-      const client = createRedisClient(REDIS_URL);
-      await waitReady(client, 3000);
+      const client = await readyClient();
       return new RedisStore(client, {
         limit: options.limit,
         prefix,
@@ -68,10 +61,8 @@ describe.skipIf(redisSkipReason !== null)(
     });
 
     it("an append below the top is refused as a conflict (nothing stored); a repeat is ignored", async () => {
-      const prefix = uniquePrefix("store");
-      prefixes.push(prefix);
-      const redis = createRedisClient(REDIS_URL);
-      await waitReady(redis, 3000);
+      const prefix = testPrefix("store");
+      const redis = await readyClient();
       const store = new RedisStore(redis, { prefix, owned: true });
       try {
         await store.append(msg("r", 2000, 5, "top"));
@@ -88,15 +79,13 @@ describe.skipIf(redisSkipReason !== null)(
     });
 
     it("an append and the PUBLISH of its channel message are one step; a refused one publishes nothing", async () => {
-      const prefix = uniquePrefix("store");
-      prefixes.push(prefix);
+      const prefix = testPrefix("store");
       const keys = new RoomKeys(prefix);
       const sub = new Redis(REDIS_URL);
       const got: string[] = [];
       sub.on("message", (_c: string, p: string) => got.push(p));
       await sub.subscribe(keys.channel("r"));
-      const client = createRedisClient(REDIS_URL);
-      await waitReady(client, 3000);
+      const client = await readyClient();
       const log = new RedisLog(client, { prefix });
       const channel = keys.channel("r");
       const epoch = "abcd1234";
@@ -121,10 +110,8 @@ describe.skipIf(redisSkipReason !== null)(
     });
 
     it("pipelined appends land in order or not at all: after a refused one, those behind it are refused", async () => {
-      const prefix = uniquePrefix("store");
-      prefixes.push(prefix);
-      const clients = [createRedisClient(REDIS_URL), createRedisClient(REDIS_URL)];
-      await Promise.all(clients.map((c) => waitReady(c, 3000)));
+      const prefix = testPrefix("store");
+      const clients = await Promise.all([readyClient(), readyClient()]);
       const [a, b] = clients.map((c) => new RedisStore(c, { prefix, owned: true })) as [RedisStore, RedisStore];
       try {
         // Another instance took 4000-0 first.

@@ -8,10 +8,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../../src/observability/logger.ts";
 import { type Metrics, noopMetrics } from "../../src/observability/metrics.ts";
-import { createRedisClient, waitReady } from "../../src/redis/client.ts";
 import { WebhookDelivery, type WebhookDeliveryOptions } from "../../src/webhooks/delivery.ts";
 import { nodePost } from "../../src/webhooks/node-transport.ts";
 import { MemoryOutbox, type Outbox } from "../../src/webhooks/outbox.ts";
@@ -20,10 +19,11 @@ import { SqliteOutbox } from "../../src/webhooks/sqlite-outbox.ts";
 import { outboxSink } from "../../src/webhooks/start.ts";
 import { fetchPost, type WebhookPost } from "../../src/webhooks/transport.ts";
 import {
-  deleteKeys,
   haveRedisServer,
   PrivateRedis,
-  REDIS_URL,
+  prefixesDeletedAfterAll,
+  readyClient,
+  redisSkipNote,
   redisSkipReason,
   uniquePrefix,
 } from "../helpers/redis.ts";
@@ -301,17 +301,11 @@ describe.each([
   });
 });
 
-const prefixes: string[] = [];
-afterAll(async () => {
-  if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
-});
-const skipped = redisSkipReason ? ` (skipped: ${redisSkipReason})` : "";
+const testPrefix = prefixesDeletedAfterAll();
 
-describe.skipIf(redisSkipReason !== null)(`webhook delivery over Redis${skipped}`, () => {
+describe.skipIf(redisSkipReason !== null)(`webhook delivery over Redis${redisSkipNote}`, () => {
   async function instance(prefix: string, to: Receiver, options: Partial<WebhookDeliveryOptions> = {}) {
-    const redis = createRedisClient(REDIS_URL);
-    redis.on("error", () => {});
-    await waitReady(redis, 3000);
+    const redis = await readyClient();
     const owner = crypto.randomUUID();
     const outbox = new RedisOutbox(redis, { prefix, owner, owned: true });
     const lease = new RedisLease(redis, new WebhookKeys(prefix), owner, 2000);
@@ -321,8 +315,7 @@ describe.skipIf(redisSkipReason !== null)(`webhook delivery over Redis${skipped}
   }
 
   it("three instances sharing the outbox deliver each event once, each room in order", async () => {
-    const prefix = uniquePrefix("wh");
-    prefixes.push(prefix);
+    const prefix = testPrefix("wh");
     const to = await receiver(() => 200);
     const nodes = await Promise.all([instance(prefix, to), instance(prefix, to), instance(prefix, to)]);
     for (const n of nodes) n.delivery.start();
@@ -349,8 +342,7 @@ describe.skipIf(redisSkipReason !== null)(`webhook delivery over Redis${skipped}
   });
 
   it("when the delivering instance stops, another takes over the pending events", async () => {
-    const prefix = uniquePrefix("wh");
-    prefixes.push(prefix);
+    const prefix = testPrefix("wh");
     let up = false;
     const to = await receiver(() => (up ? 200 : 503));
     const a = await instance(prefix, to, { firstRetryMs: 20, maxRetryMs: 20 });
@@ -375,9 +367,7 @@ describe.skipIf(redisSkipReason !== null)(`webhook delivery over Redis${skipped}
     let up = false;
     const to = await receiver(() => (up ? 200 : 503));
     const prefix = uniquePrefix("wh");
-    const redis = createRedisClient(redisServer.url);
-    redis.on("error", () => {});
-    await waitReady(redis, 3000);
+    const redis = await readyClient(redisServer.url);
     const owner = crypto.randomUUID();
     const outbox = new RedisOutbox(redis, { prefix, owner, owned: true });
     cleanups.push(() => outbox.close());

@@ -2,12 +2,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { afterAll, describe, expect, it } from "vitest";
-import { createRedisClient, waitReady } from "../../src/redis/client.ts";
+import { describe, expect, it } from "vitest";
 import { MemoryOutbox, type Outbox } from "../../src/webhooks/outbox.ts";
 import { LeaseLostError, RedisLease, RedisOutbox, WebhookKeys } from "../../src/webhooks/redis-outbox.ts";
 import { SqliteOutbox } from "../../src/webhooks/sqlite-outbox.ts";
-import { deleteKeys, REDIS_URL, redisSkipReason, uniquePrefix } from "../helpers/redis.ts";
+import { prefixesDeletedAfterAll, readyClient, redisSkipNote, redisSkipReason } from "../helpers/redis.ts";
 import { freshRoom, makeEvent, outboxContract } from "./webhooks-outbox.contract.ts";
 
 outboxContract("MemoryOutbox", async () => {
@@ -35,24 +34,12 @@ outboxContract("SqliteOutbox (better-sqlite3, temp file)", async () => {
   };
 });
 
-const prefixes: string[] = [];
-afterAll(async () => {
-  if (redisSkipReason === null) for (const p of prefixes) await deleteKeys(REDIS_URL, p);
-});
-const skipped = redisSkipReason ? ` (skipped: ${redisSkipReason})` : "";
+const testPrefix = prefixesDeletedAfterAll();
 
-async function redisClient() {
-  const client = createRedisClient(REDIS_URL);
-  client.on("error", () => {});
-  await waitReady(client, 3000);
-  return client;
-}
-
-describe.skipIf(redisSkipReason !== null)(`RedisOutbox${skipped}`, () => {
+describe.skipIf(redisSkipReason !== null)(`RedisOutbox${redisSkipNote}`, () => {
   outboxContract("RedisOutbox (streams, real Redis)", async () => {
-    const prefix = uniquePrefix("wh");
-    prefixes.push(prefix);
-    const open = async () => new RedisOutbox(await redisClient(), { prefix, owned: true });
+    const prefix = testPrefix("wh");
+    const open = async () => new RedisOutbox(await readyClient(), { prefix, owned: true });
     let current: Outbox = await open();
     return {
       get outbox() {
@@ -68,9 +55,8 @@ describe.skipIf(redisSkipReason !== null)(`RedisOutbox${skipped}`, () => {
   });
 
   it("one instance holds the lease; another takes it once it is let go", async () => {
-    const prefix = uniquePrefix("wh");
-    prefixes.push(prefix);
-    const [r1, r2] = await Promise.all([redisClient(), redisClient()]);
+    const prefix = testPrefix("wh");
+    const [r1, r2] = await Promise.all([readyClient(), readyClient()]);
     try {
       const keys = new WebhookKeys(prefix);
       const a = new RedisLease(r1, keys, "a", 5000);
@@ -88,9 +74,8 @@ describe.skipIf(redisSkipReason !== null)(`RedisOutbox${skipped}`, () => {
   });
 
   it("an instance that lost the lease cannot change delivery state (fenced)", async () => {
-    const prefix = uniquePrefix("wh");
-    prefixes.push(prefix);
-    const [r1, r2] = await Promise.all([redisClient(), redisClient()]);
+    const prefix = testPrefix("wh");
+    const [r1, r2] = await Promise.all([readyClient(), readyClient()]);
     try {
       const keys = new WebhookKeys(prefix);
       const leaseA = new RedisLease(r1, keys, "a", 5000);
