@@ -99,6 +99,19 @@ export function openBatch<T>(): WriteBatch<T> {
 }
 
 /**
+ * The settings every writer of a chat data file uses (with HISTORY=sqlite the
+ * history and the webhook outbox share one file): WAL lets readers run beside the writer;
+ * NORMAL syncs at checkpoints, which keeps every commit across a process
+ * crash; a 2 s busy timeout lets two connections to one file wait for each
+ * other's commits instead of failing.
+ */
+export function applyWalPragmas(db: SqliteDatabase): void {
+  db.exec("PRAGMA journal_mode = WAL");
+  db.exec("PRAGMA synchronous = NORMAL");
+  db.exec("PRAGMA busy_timeout = 2000");
+}
+
+/**
  * Runs `fn` in one transaction, rolled back when it throws: through the
  * driver's `transactionSync` where it has one (Durable Object storage), else
  * with BEGIN/COMMIT statements.
@@ -177,11 +190,7 @@ export class SqliteStore implements HistoryStore {
     this.#ttlMs = options.ttlMs ?? 0;
     this.#now = options.now ?? Date.now;
     this.#expireEveryMs = pruneIntervalMs(this.#ttlMs);
-    // WAL lets readers run beside the writer; NORMAL syncs at checkpoints,
-    // which keeps every committed message across a process crash.
-    db.exec("PRAGMA journal_mode = WAL");
-    db.exec("PRAGMA synchronous = NORMAL");
-    db.exec("PRAGMA busy_timeout = 2000");
+    applyWalPragmas(db);
     db.exec(`CREATE TABLE IF NOT EXISTS messages (
       room TEXT NOT NULL,
       id TEXT NOT NULL,

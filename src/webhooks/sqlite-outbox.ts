@@ -1,4 +1,5 @@
 import {
+  applyWalPragmas,
   inTransaction,
   openBatch,
   type SqliteDatabase,
@@ -66,9 +67,7 @@ export class SqliteOutbox implements Outbox {
     this.#db = db;
     this.#owns = owns;
     this.#batchMs = batchMs;
-    db.exec("PRAGMA journal_mode = WAL");
-    db.exec("PRAGMA synchronous = NORMAL");
-    db.exec("PRAGMA busy_timeout = 2000");
+    applyWalPragmas(db);
     db.exec(`CREATE TABLE IF NOT EXISTS webhook_events (
       seq INTEGER PRIMARY KEY,
       room TEXT NOT NULL,
