@@ -271,3 +271,25 @@ export async function expectRefused(
   }
   throw new Error(`expected ${url} to refuse the upgrade, but it was accepted`);
 }
+
+/** `server`'s WebSocket URL with `params` as its query (room, user, since, ...). */
+export function roomUrl(server: { wsUrl: string }, params: Record<string, string>): string {
+  return `${server.wsUrl}?${new URLSearchParams(params)}`;
+}
+
+/**
+ * Message ids a client received, in order: welcome history, the history
+ * pages that follow a paged welcome (a resume reads its start first), live
+ * messages. A `history` answer to a `before` request is not counted.
+ */
+export function messageIds(client: TestClient): string[] {
+  const out: string[] = [];
+  for (const f of client.received) {
+    const type = f.json?.type;
+    if (type === "welcome") for (const m of f.json!.history as { id: string }[]) out.push(m.id);
+    else if (type === "history" && f.json!.before === undefined && "more" in f.json!) {
+      for (const m of f.json!.messages as { id: string }[]) out.push(m.id);
+    } else if (type === "message") out.push(f.json!.id as string);
+  }
+  return out;
+}

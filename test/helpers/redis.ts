@@ -5,6 +5,9 @@
  * Never a mock: where no Redis answers, suites skip and say why.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll } from "vitest";
 import type { ChatMessage } from "../../src/protocol.ts";
@@ -18,7 +21,9 @@ import {
 } from "../../src/redis/log.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import type { HistoryStore } from "../../src/store/store.ts";
+import { trackForFile } from "./cleanup.ts";
 import { FailingStore } from "./failing-store.ts";
+import { freePort } from "./server.ts";
 
 /** The Redis the suites use. @default "redis://127.0.0.1:6379" */
 export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -199,4 +204,17 @@ export class PrivateRedis {
     child.kill("SIGKILL");
     await exited;
   }
+}
+
+/**
+ * A started {@link PrivateRedis} on a free port with its own temp folder
+ * (named after `tag`); stopped and the folder removed when the file ends.
+ */
+export async function startPrivateRedis(tag: string): Promise<PrivateRedis> {
+  const dir = mkdtempSync(join(tmpdir(), `chat-${tag}-`));
+  trackForFile(() => rmSync(dir, { recursive: true, force: true }));
+  const redis = new PrivateRedis(await freePort(), dir);
+  trackForFile(() => redis.stop());
+  await redis.start();
+  return redis;
 }

@@ -4,21 +4,19 @@
  * across them); an instance killed mid-stream loses nothing once its clients
  * resume on the other; a Redis that dies and comes back is survived.
  */
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { existsSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { trackForFile } from "../helpers/cleanup.ts";
-import { connect, type TestClient } from "../helpers/client.ts";
+import { connect, messageIds, roomUrl, type TestClient } from "../helpers/client.ts";
 import {
   deleteKeys,
   haveRedisServer,
-  PrivateRedis,
   REDIS_URL,
   redisSkipReason,
+  startPrivateRedis,
   uniquePrefix,
 } from "../helpers/redis.ts";
-import { freePort, nodeTarget, type RunningServer, type ServerTarget, spawnTarget } from "../helpers/server.ts";
+import { nodeTarget, type RunningServer, type ServerTarget, spawnTarget } from "../helpers/server.ts";
 
 const V1 = { protocols: "chat.v1" };
 const isMessage = (f: Record<string, unknown>) => f.type === "message";
@@ -40,27 +38,6 @@ async function cluster(
 const bunBin = "node_modules/.bin/bun";
 const denoBin = "node_modules/.bin/deno";
 const haveBunDeno = existsSync(bunBin) && existsSync(denoBin);
-
-function url(server: RunningServer, params: Record<string, string>): string {
-  return `${server.wsUrl}?${new URLSearchParams(params)}`;
-}
-
-/**
- * Messages a client received, in order, by id: welcome history, the history
- * pages that follow a paged welcome (a resume reads its start first), live
- * messages.
- */
-function messageIds(client: TestClient): string[] {
-  const out: string[] = [];
-  for (const f of client.received) {
-    const type = f.json?.type;
-    if (type === "welcome") for (const m of f.json!.history as { id: string }[]) out.push(m.id);
-    else if (type === "history" && f.json!.before === undefined && "more" in f.json!) {
-      for (const m of f.json!.messages as { id: string }[]) out.push(m.id);
-    } else if (type === "message") out.push(f.json!.id as string);
-  }
-  return out;
-}
 
 async function health(server: RunningServer): Promise<{ status: number; body: { status?: string } }> {
   try {
@@ -87,18 +64,18 @@ describe.skipIf(skip)(`Redis cluster: two instances${skip ? ` (skipped: ${redisS
   it("serve one room as one server: same ids in the same order, echo cids, presence and typing across", async () => {
     const [a, b] = (await cluster()) as [RunningServer, RunningServer];
     const room = `r${Date.now().toString(36)}`;
-    const alice = await connect(url(a, { room, user: "alice" }), V1);
+    const alice = await connect(roomUrl(a, { room, user: "alice" }), V1);
     expect((await alice.waitFor("welcome")).users).toEqual(["alice"]);
-    const bob = await connect(url(b, { room, user: "bob" }), V1);
+    const bob = await connect(roomUrl(b, { room, user: "bob" }), V1);
     expect((await bob.waitFor("welcome")).users).toEqual(["alice", "bob"]);
     expect(await alice.waitFor((f) => f.type === "presence" && f.joined === "bob")).toMatchObject({
       users: ["alice", "bob"],
     });
-    const seedA = await connect(url(a, { room }));
-    const seedB = await connect(url(b, { room }));
+    const seedA = await connect(roomUrl(a, { room }));
+    const seedB = await connect(roomUrl(b, { room }));
     // Seed clients get no welcome: a v1 client's welcome, on each instance
     // after them, shows the server has joined them.
-    for (const s of [a, b]) await (await connect(url(s, { room }), V1)).waitFor("welcome");
+    for (const s of [a, b]) await (await connect(roomUrl(s, { room }), V1)).waitFor("welcome");
 
     bob.send({ type: "typing" });
     expect(await alice.waitFor("typing")).toEqual({ type: "typing", user: "bob" });
@@ -152,7 +129,7 @@ describe.skipIf(skip)(`Redis cluster: two instances${skip ? ` (skipped: ${redisS
       const room = `x${Date.now().toString(36)}`;
       const clients: TestClient[] = [];
       for (const [i, s] of servers.entries()) {
-        const c = await connect(url(s, { room, user: `u${i}` }), V1);
+        const c = await connect(roomUrl(s, { room, user: `u${i}` }), V1);
         await c.waitFor("welcome");
         clients.push(c);
       }
@@ -172,11 +149,11 @@ describe.skipIf(skip)(`Redis cluster: two instances${skip ? ` (skipped: ${redisS
   it("an instance killed with SIGKILL mid-stream: its clients resume on the other and nothing is lost", async () => {
     const [doomed, survivor] = (await cluster()) as [RunningServer, RunningServer];
     const room = `k${Date.now().toString(36)}`;
-    const reader = await connect(url(doomed, { room, user: "rita" }), V1);
+    const reader = await connect(roomUrl(doomed, { room, user: "rita" }), V1);
     await reader.waitFor("welcome");
-    const localSender = await connect(url(doomed, { room, user: "tom" }), V1);
+    const localSender = await connect(roomUrl(doomed, { room, user: "tom" }), V1);
     await localSender.waitFor("welcome");
-    const remoteSender = await connect(url(survivor, { room, user: "sue" }), V1);
+    const remoteSender = await connect(roomUrl(survivor, { room, user: "sue" }), V1);
     await remoteSender.waitFor("welcome");
 
     // Both send steadily; the doomed instance dies once the reader has seen some.
@@ -201,7 +178,7 @@ describe.skipIf(skip)(`Redis cluster: two instances${skip ? ` (skipped: ${redisS
     // What the reader saw before, and what a resume on the survivor brings.
     const before = messageIds(reader);
     const last = before.at(-1)!;
-    const resumed = await connect(url(survivor, { room, user: "rita", since: last }), V1);
+    const resumed = await connect(roomUrl(survivor, { room, user: "rita", since: last }), V1);
     const welcome = await resumed.waitFor("welcome");
     expect(welcome.recovered).toBe(true);
     // Sue's messages were all answered (echo or error): her echoes are what was accepted.
@@ -229,16 +206,12 @@ describe.skipIf(skip || !haveRedisServer)(
   `Redis cluster: Redis dies and comes back${skip ? ` (skipped: ${redisSkipReason})` : !haveRedisServer ? " (skipped: redis-server is not installed)" : ""}`,
   () => {
     it("degraded and `unavailable` while down; resubscribes by itself and resume catches up when back", async () => {
-      const dir = mkdtempSync(join(tmpdir(), "chat-redis-"));
-      trackForFile(() => rmSync(dir, { recursive: true, force: true }));
-      const redis = new PrivateRedis(await freePort(), dir);
-      trackForFile(() => redis.stop());
-      await redis.start();
+      const redis = await startPrivateRedis("redis");
       const [a, b] = (await cluster(redis.url)) as [RunningServer, RunningServer];
       const room = "fault";
-      const alice = await connect(url(a, { room, user: "alice" }), V1);
+      const alice = await connect(roomUrl(a, { room, user: "alice" }), V1);
       await alice.waitFor("welcome");
-      const bob = await connect(url(b, { room, user: "bob" }), V1);
+      const bob = await connect(roomUrl(b, { room, user: "bob" }), V1);
       await bob.waitFor("welcome");
       for (let i = 0; i < 5; i++) alice.send({ message: `before${i}` });
       await bob.collect(isMessage, 5, 5000);
@@ -275,7 +248,7 @@ describe.skipIf(skip || !haveRedisServer)(
       await bob.close();
       for (let i = 0; i < 3; i++) alice.send({ message: `missed${i}` });
       await alice.collect(isMessage, 3, 5000);
-      const back = await connect(url(b, { room, user: "bob", since: lastSeen }), V1);
+      const back = await connect(roomUrl(b, { room, user: "bob", since: lastSeen }), V1);
       const welcome = await back.waitFor("welcome");
       expect(welcome.recovered).toBe(true);
       expect((welcome.history as { message: string }[]).map((m) => m.message)).toEqual([

@@ -4,22 +4,14 @@
  * clients online are closed with 1013 (history was reset) and a resume
  * from before the loss says `recovered: false`: never a silent gap.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
-import { trackForFile } from "../helpers/cleanup.ts";
-import { connect, type TestClient } from "../helpers/client.ts";
-import { haveRedisServer, PrivateRedis } from "../helpers/redis.ts";
-import { freePort, nodeTarget, type RunningServer } from "../helpers/server.ts";
+import { connect, roomUrl, type TestClient } from "../helpers/client.ts";
+import { haveRedisServer, startPrivateRedis } from "../helpers/redis.ts";
+import { nodeTarget, type RunningServer } from "../helpers/server.ts";
 
 const V1 = { protocols: "chat.v1" };
 const isMessage = (f: Record<string, unknown>) => f.type === "message";
-
-function url(server: RunningServer, params: Record<string, string>): string {
-  return `${server.wsUrl}?${new URLSearchParams(params)}`;
-}
 
 /** The last message id a client saw (welcome history included). */
 function lastId(client: TestClient): string {
@@ -29,15 +21,6 @@ function lastId(client: TestClient): string {
     else if (f.json?.type === "message") last = f.json.id as string;
   }
   return last;
-}
-
-async function privateRedis(): Promise<PrivateRedis> {
-  const dir = mkdtempSync(join(tmpdir(), "chat-epoch-"));
-  trackForFile(() => rmSync(dir, { recursive: true, force: true }));
-  const redis = new PrivateRedis(await freePort(), dir);
-  trackForFile(() => redis.stop());
-  await redis.start();
-  return redis;
 }
 
 async function twoInstances(redisUrl: string): Promise<[RunningServer, RunningServer]> {
@@ -50,12 +33,12 @@ const reason = haveRedisServer ? "" : " (skipped: redis-server is not installed)
 
 describe.skipIf(!haveRedisServer)(`Redis loses its data mid-conversation${reason}`, () => {
   it("restart without persistence: clients are told to resume, and the resume reports the gap", async () => {
-    const redis = await privateRedis();
+    const redis = await startPrivateRedis("epoch");
     const [a, b] = await twoInstances(redis.url);
     const room = "restart";
-    const alice = await connect(url(a, { room, user: "alice" }), V1);
+    const alice = await connect(roomUrl(a, { room, user: "alice" }), V1);
     await alice.waitFor("welcome");
-    const bob = await connect(url(b, { room, user: "bob" }), V1);
+    const bob = await connect(roomUrl(b, { room, user: "bob" }), V1);
     await bob.waitFor("welcome");
     for (let i = 0; i < 5; i++) alice.send({ message: `before${i}` });
     await bob.collect(isMessage, 5, 5000);
@@ -68,30 +51,30 @@ describe.skipIf(!haveRedisServer)(`Redis loses its data mid-conversation${reason
     expect((await alice.waitClosed(10_000)).code).toBe(1013);
     expect((await bob.waitClosed(10_000)).code).toBe(1013);
 
-    const back = await connect(url(b, { room, user: "bob", since: seenByBob }), V1);
+    const back = await connect(roomUrl(b, { room, user: "bob", since: seenByBob }), V1);
     const welcome = await back.waitFor("welcome", 5000);
     expect(welcome.recovered).toBe(false);
     // The conversation goes on in the new epoch, and resumes from it are complete.
-    const alice2 = await connect(url(a, { room, user: "alice" }), V1);
+    const alice2 = await connect(roomUrl(a, { room, user: "alice" }), V1);
     await alice2.waitFor("welcome");
     alice2.send({ message: "after" });
     await back.waitFor((f) => f.type === "message" && f.message === "after", 5000);
     const newer = lastId(back);
     alice2.send({ message: "later" });
     await alice2.waitFor((f) => f.type === "message" && f.message === "later", 5000);
-    const again = await connect(url(a, { room, user: "bob", since: newer }), V1);
+    const again = await connect(roomUrl(a, { room, user: "bob", since: newer }), V1);
     const w2 = await again.waitFor("welcome", 5000);
     expect(w2.recovered).toBe(true);
     expect((w2.history as { message: string }[]).map((m) => m.message)).toEqual(["later"]);
   });
 
   it("FLUSHALL: the next message starts a new epoch; clients online resume and see recovered false", async () => {
-    const redis = await privateRedis();
+    const redis = await startPrivateRedis("epoch");
     const [a, b] = await twoInstances(redis.url);
     const room = "flush";
-    const alice = await connect(url(a, { room, user: "alice" }), V1);
+    const alice = await connect(roomUrl(a, { room, user: "alice" }), V1);
     await alice.waitFor("welcome");
-    const bob = await connect(url(b, { room, user: "bob" }), V1);
+    const bob = await connect(roomUrl(b, { room, user: "bob" }), V1);
     await bob.waitFor("welcome");
     for (let i = 0; i < 3; i++) bob.send({ message: `before${i}` });
     await alice.collect(isMessage, 3, 5000);
@@ -107,7 +90,7 @@ describe.skipIf(!haveRedisServer)(`Redis loses its data mid-conversation${reason
     bob.send({ message: "after flush" });
     expect((await alice.waitClosed(5000)).code).toBe(1013);
     expect((await bob.waitClosed(5000)).code).toBe(1013);
-    const back = await connect(url(a, { room, user: "alice", since: seenByAlice }), V1);
+    const back = await connect(roomUrl(a, { room, user: "alice", since: seenByAlice }), V1);
     const welcome = await back.waitFor("welcome", 5000);
     expect(welcome.recovered).toBe(false);
     // What the store holds now is in the history: the message after the flush.

@@ -8,28 +8,11 @@
  */
 import { describe, expect, it } from "vitest";
 import { trackForFile } from "../helpers/cleanup.ts";
-import { connect, type TestClient } from "../helpers/client.ts";
+import { connect, messageIds, roomUrl, type TestClient } from "../helpers/client.ts";
 import { haveClusterTools, LocalCluster } from "../helpers/redis-cluster.ts";
-import { nodeTarget, type RunningServer } from "../helpers/server.ts";
+import { nodeTarget } from "../helpers/server.ts";
 
 const V1 = { protocols: "chat.v1" };
-
-function url(server: RunningServer, params: Record<string, string>): string {
-  return `${server.wsUrl}?${new URLSearchParams(params)}`;
-}
-
-/** Message ids a client saw, in order: welcome history, the pages that follow a paged welcome, live messages. */
-function seenIds(client: TestClient): string[] {
-  const out: string[] = [];
-  for (const f of client.received) {
-    const type = f.json?.type;
-    if (type === "welcome") for (const m of f.json!.history as { id: string }[]) out.push(m.id);
-    else if (type === "history" && f.json!.before === undefined && "more" in f.json!) {
-      for (const m of f.json!.messages as { id: string }[]) out.push(m.id);
-    } else if (type === "message") out.push(f.json!.id as string);
-  }
-  return out;
-}
 
 /** Ids of the sender's messages that were accepted (echoed with its cid). */
 function accepted(client: TestClient): string[] {
@@ -47,11 +30,11 @@ describe.skipIf(!haveClusterTools)(`Redis Cluster: a master dies mid-traffic${re
     const a = await nodeTarget.start(env);
     const b = await nodeTarget.start(env);
     const room = "failover";
-    const reader = await connect(url(b, { room, user: "rita" }), V1);
+    const reader = await connect(roomUrl(b, { room, user: "rita" }), V1);
     await reader.waitFor("welcome");
     const senders = [
-      await connect(url(a, { room, user: "sam" }), V1),
-      await connect(url(b, { room, user: "sue" }), V1),
+      await connect(roomUrl(a, { room, user: "sam" }), V1),
+      await connect(roomUrl(b, { room, user: "sue" }), V1),
     ];
     for (const s of senders) await s.waitFor("welcome");
 
@@ -90,7 +73,7 @@ describe.skipIf(!haveClusterTools)(`Redis Cluster: a master dies mid-traffic${re
     expect(acceptedIds.size).toBeGreaterThan(0);
 
     // The room goes on: a message after the failover reaches a new client on the other instance.
-    const after = await connect(url(a, { room, user: "ann" }), V1);
+    const after = await connect(roomUrl(a, { room, user: "ann" }), V1);
     await after.waitFor("welcome", 5000);
     let delivered = false;
     for (let i = 0; i < 20 && !delivered; i++) {
@@ -105,8 +88,8 @@ describe.skipIf(!haveClusterTools)(`Redis Cluster: a master dies mid-traffic${re
     expect(delivered, "messages flow again after the failover").toBe(true);
 
     // The reader resumes from what it saw; a `recovered: true` must not hide an accepted message that is gone.
-    const last = seenIds(reader).at(-1)!;
-    const resumed = await connect(url(a, { room, user: "rita", since: last }), V1);
+    const last = messageIds(reader).at(-1)!;
+    const resumed = await connect(roomUrl(a, { room, user: "rita", since: last }), V1);
     const welcome = await resumed.waitFor("welcome", 5000);
     const stored = new Set(
       (
@@ -117,12 +100,12 @@ describe.skipIf(!haveClusterTools)(`Redis Cluster: a master dies mid-traffic${re
     if (welcome.recovered === true) expect(lostAfterCursor).toEqual([]);
     // What it got (all pages, when the welcome says more follow) is in order and without repeats of what it had.
     if (welcome.more === true) await resumed.waitFor((f) => f.type === "history" && f.more === false, 10_000);
-    const got = seenIds(resumed);
+    const got = messageIds(resumed);
     expect([...got].sort()).toEqual(got);
     expect(got.every((id) => id > last)).toBe(true);
     // Nor did the live path skip any (its catch-up after the subscriptions moved): seen live or resumed.
     if (welcome.recovered === true) {
-      const all = new Set([...seenIds(reader), ...got]);
+      const all = new Set([...messageIds(reader), ...got]);
       expect([...acceptedIds].filter((id) => stored.has(id) && !all.has(id))).toEqual([]);
     }
   }, 90_000);
