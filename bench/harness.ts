@@ -10,6 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { availableParallelism, freemem, loadavg, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import WebSocket from "ws";
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 
 export const ROOT = resolve(import.meta.dirname, "..");
@@ -241,4 +242,55 @@ export interface ScenarioReport {
 /** A module registered in run.ts's SCENARIOS exports `run`. */
 export interface ScenarioModule {
   run(ctx: ScenarioContext): Promise<ScenarioReport>;
+}
+
+/**
+ * Starts ours on Node (`src/index.ts`, PORT 0, JSON logs, no rate limit, then
+ * `env`), unpinned, for the standalone Redis scripts (bench/redis-*.ts), and
+ * resolves with its port once it logs "listening" (within `timeoutMs`). The
+ * child is pushed onto `children` at once, so the caller kills it whatever
+ * happens. `nodeArgs` go before the script (e.g. --cpu-prof).
+ */
+export function startListening(
+  env: Record<string, string>,
+  children: ChildProcess[],
+  { nodeArgs = [], timeoutMs = 20_000 }: { nodeArgs?: string[]; timeoutMs?: number } = {},
+): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn("node", [...nodeArgs, "--import", "tsx", "src/index.ts"], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: "0", HOST: "127.0.0.1", LOG_FORMAT: "json", RATE_LIMIT: "0", ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start within ${timeoutMs / 1000} s`)), timeoutMs);
+    let buf = "";
+    let found = false;
+    // Keeps reading after "listening" (a full pipe would stall the server), discarding.
+    child.stdout?.on("data", (chunk: Buffer) => {
+      if (found) return;
+      buf += chunk.toString();
+      for (const line of buf.split("\n")) {
+        if (!line.includes('"listening"')) continue;
+        clearTimeout(timer);
+        found = true;
+        resolve({ child, port: (JSON.parse(line) as { port: number }).port });
+        return;
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`server exited (${code})`)));
+  });
+}
+
+/** A WebSocket (ws) to `room` on ours at `port`, open within `timeoutMs`. */
+export function openRoom(port: number, room: string, timeoutMs: number): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/websocket?room=${room}`);
+    const timer = setTimeout(() => reject(new Error("connect timed out")), timeoutMs);
+    ws.once("open", () => {
+      clearTimeout(timer);
+      resolve(ws);
+    });
+    ws.once("error", reject);
+  });
 }

@@ -14,10 +14,10 @@
  * (REDIS_URL, default redis://127.0.0.1:6379). Linux only (/proc). Bounded:
  * every wait has a timeout; servers and keys are removed at the end.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { Redis } from "ioredis";
-import WebSocket from "ws";
+import { openRoom, startListening } from "./harness.ts";
 
 const RECEIVERS = Math.min(Number(process.argv[2] ?? 200), 2000);
 const N = Math.min(Number(process.argv[3] ?? 1000), 20_000);
@@ -33,37 +33,11 @@ const children: ChildProcess[] = [];
 const PROFILE_DIR = process.env.BENCH_CPU_PROF;
 
 function start(env: Record<string, string>, profile = false): Promise<{ child: ChildProcess; port: number }> {
-  const prof = profile && PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
-  const child = spawn("node", [...prof, "--import", "tsx", "src/index.ts"], {
-    env: {
-      ...process.env,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      LOG_FORMAT: "json",
-      RATE_LIMIT: "0",
-      ...env,
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  children.push(child);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("server did not start within 60 s")), 60_000);
-    let buf = "";
-    let found = false;
-    child.stdout?.on("data", (chunk: Buffer) => {
-      if (found) return;
-      buf += chunk.toString();
-      for (const line of buf.split("\n")) {
-        if (!line.includes('"listening"')) continue;
-        clearTimeout(timer);
-        found = true;
-        resolve({ child, port: (JSON.parse(line) as { port: number }).port });
-        return;
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`server exited (${code})`)));
-  });
+  const nodeArgs = profile && PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : [];
+  return startListening(env, children, { nodeArgs, timeoutMs: 60_000 });
 }
+
+const open = (port: number, room: string) => openRoom(port, room, 10_000);
 
 /** CPU seconds (user + sys) of a process, from /proc. */
 function cpuOf(pid: number): number {
@@ -75,18 +49,6 @@ async function redisCpu(redis: Redis): Promise<number> {
   const info = await redis.info("cpu");
   const get = (k: string) => Number(new RegExp(`${k}:([\\d.]+)`).exec(info)?.[1] ?? 0);
   return get("used_cpu_user") + get("used_cpu_sys");
-}
-
-function open(port: number, room: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/websocket?room=${room}`);
-    const timer = setTimeout(() => reject(new Error("connect timed out")), 10_000);
-    ws.once("open", () => {
-      clearTimeout(timer);
-      resolve(ws);
-    });
-    ws.once("error", reject);
-  });
 }
 
 async function run(port: number, pid: number, room: string, redis: Redis | null) {

@@ -14,9 +14,9 @@
  * (REDIS_URL, default redis://127.0.0.1:6379). Bounded: every wait has a
  * timeout, and the servers and Redis keys are removed at the end.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { Redis } from "ioredis";
-import WebSocket from "ws";
+import { openRoom, startListening } from "./harness.ts";
 
 const N = Math.min(Number(process.argv[2] ?? 2000), 20_000);
 const INTERVAL_MS = Math.max(0, Number(process.argv[3] ?? 2));
@@ -31,50 +31,8 @@ interface Server {
 /** Every spawned server, killed at the end whatever happens. */
 const children: ChildProcess[] = [];
 
-function start(env: Record<string, string>): Promise<Server> {
-  const child = spawn("node", ["--import", "tsx", "src/index.ts"], {
-    env: {
-      ...process.env,
-      PORT: "0",
-      HOST: "127.0.0.1",
-      LOG_FORMAT: "json",
-      RATE_LIMIT: "0",
-      ...env,
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  children.push(child);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("server did not start within 20 s")), 20_000);
-    let buf = "";
-    let found = false;
-    // Keeps reading after "listening" (a full pipe would stall the server), discarding.
-    child.stdout?.on("data", (chunk: Buffer) => {
-      if (found) return;
-      buf += chunk.toString();
-      for (const line of buf.split("\n")) {
-        if (!line.includes('"listening"')) continue;
-        clearTimeout(timer);
-        found = true;
-        resolve({ child, port: (JSON.parse(line) as { port: number }).port });
-        return;
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`server exited (${code})`)));
-  });
-}
-
-function open(port: number, room: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/websocket?room=${room}`);
-    const timer = setTimeout(() => reject(new Error("connect timed out")), 5000);
-    ws.once("open", () => {
-      clearTimeout(timer);
-      resolve(ws);
-    });
-    ws.once("error", reject);
-  });
-}
+const start = (env: Record<string, string>): Promise<Server> => startListening(env, children);
+const open = (port: number, room: string) => openRoom(port, room, 5000);
 
 const percentile = (sorted: number[], p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
