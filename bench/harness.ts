@@ -145,7 +145,18 @@ export type LoadgenKind = "raw" | "bun" | "ws";
 /** Runs the load generator in its own process on core 1, bounded in time. */
 export function runLoadgen(spec: LoadSpec, kind: LoadgenKind = "raw"): Promise<LoadResult> {
   const command = kind === "bun" ? [BUN, "bench/loadgen.ts"] : [...NODE_TS, "bench/loadgen.ts"];
-  const child = spawnPinned([...command, JSON.stringify({ ...spec, client: kind })], 1, {});
+  const bound =
+    (spec.connectTimeoutMs ?? 60_000) + (spec.durationMs ?? 5000) + (spec.drainMs ?? 5000) + (spec.holdMs ?? 2000);
+  return runPinnedJson<LoadResult>([...command, JSON.stringify({ ...spec, client: kind })], bound + 30_000, "loadgen");
+}
+
+/**
+ * Runs a load process (`command`) on core 1, SIGKILLed after `killAfterMs`,
+ * and resolves with the JSON of its last stdout line; rejects with the end of
+ * its stderr when there is none (`what` names it in the error).
+ */
+export function runPinnedJson<T>(command: string[], killAfterMs: number, what: string): Promise<T> {
+  const child = spawnPinned(command, 1, {});
   let out = "";
   let err = "";
   child.stdout?.on("data", (c: Buffer) => {
@@ -154,17 +165,15 @@ export function runLoadgen(spec: LoadSpec, kind: LoadgenKind = "raw"): Promise<L
   child.stderr?.on("data", (c: Buffer) => {
     err = (err + c.toString()).slice(-4000);
   });
-  const bound =
-    (spec.connectTimeoutMs ?? 60_000) + (spec.durationMs ?? 5000) + (spec.drainMs ?? 5000) + (spec.holdMs ?? 2000);
   return new Promise((res, rej) => {
-    const timer = setTimeout(() => child.kill("SIGKILL"), bound + 30_000);
+    const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
     child.once("exit", (code) => {
       clearTimeout(timer);
       const line = out.trim().split("\n").at(-1) ?? "";
       try {
-        res(JSON.parse(line) as LoadResult);
+        res(JSON.parse(line) as T);
       } catch {
-        rej(new Error(`loadgen exited ${code}: ${err.trim().slice(-500)}`));
+        rej(new Error(`${what} exited ${code}: ${err.trim().slice(-500)}`));
       }
     });
   });

@@ -27,6 +27,7 @@ import {
   median,
   NODE_TS,
   OURS_ENV,
+  runPinnedJson,
   type ScenarioContext,
   type ScenarioReport,
   type Started,
@@ -130,29 +131,11 @@ async function startRedis(): Promise<{ child: ChildProcess; url: string; client:
 }
 
 function runLoad(spec: MultiLoadSpec): Promise<MultiLoadResult> {
-  const child = spawnPinned([...NODE_TS, "bench/socketio-load.ts", JSON.stringify(spec)], 1, {});
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (c: Buffer) => {
-    out += c.toString();
-  });
-  child.stderr?.on("data", (c: Buffer) => {
-    err = (err + c.toString()).slice(-4000);
-  });
-  const timer = setTimeout(
-    () => child.kill("SIGKILL"),
+  return runPinnedJson<MultiLoadResult>(
+    [...NODE_TS, "bench/socketio-load.ts", JSON.stringify(spec)],
     180_000 + (spec.warmupMs ?? 0) + (spec.durationMs ?? 0) + (spec.drainMs ?? 0),
+    "load generator",
   );
-  return new Promise((res, rej) => {
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      try {
-        res(JSON.parse(out.trim().split("\n").at(-1) ?? "") as MultiLoadResult);
-      } catch {
-        rej(new Error(`load generator exited ${code}: ${err.trim().slice(-500)}`));
-      }
-    });
-  });
 }
 
 interface Row {
