@@ -10,6 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { availableParallelism, freemem, loadavg, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import type { Redis } from "ioredis";
 import WebSocket from "ws";
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 
@@ -302,4 +303,15 @@ export function openRoom(port: number, room: string, timeoutMs: number): Promise
     });
     ws.once("error", reject);
   });
+}
+
+/** Deletes the bench's keys under `prefix` (SCAN, never KEYS or FLUSH: the Redis may be shared). Bounded. */
+export async function deleteRedisKeys(redis: Redis, prefix: string): Promise<void> {
+  let cursor = "0";
+  for (let i = 0; i < 100; i++) {
+    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 500);
+    if (keys.length > 0) await redis.del(...keys);
+    cursor = next;
+    if (cursor === "0") break;
+  }
 }

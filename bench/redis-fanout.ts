@@ -17,7 +17,7 @@
 import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { Redis } from "ioredis";
-import { openRoom, startListening } from "./harness.ts";
+import { deleteRedisKeys, openRoom, startListening } from "./harness.ts";
 
 const RECEIVERS = Math.min(Number(process.argv[2] ?? 200), 2000);
 const N = Math.min(Number(process.argv[3] ?? 1000), 20_000);
@@ -132,12 +132,6 @@ try {
   }
 } finally {
   for (const c of children) c.kill("SIGKILL");
-  let cursor = "0";
-  for (let i = 0; i < 100; i++) {
-    const [next, keys] = await redis.scan(cursor, "MATCH", `${PREFIX}*`, "COUNT", 500);
-    if (keys.length > 0) await redis.del(...keys);
-    cursor = next;
-    if (cursor === "0") break;
-  }
+  await deleteRedisKeys(redis, PREFIX);
   redis.disconnect();
 }

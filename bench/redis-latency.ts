@@ -16,7 +16,7 @@
  */
 import type { ChildProcess } from "node:child_process";
 import { Redis } from "ioredis";
-import { openRoom, startListening } from "./harness.ts";
+import { deleteRedisKeys, openRoom, startListening } from "./harness.ts";
 
 const N = Math.min(Number(process.argv[2] ?? 2000), 20_000);
 const INTERVAL_MS = Math.max(0, Number(process.argv[3] ?? 2));
@@ -100,12 +100,6 @@ try {
 } finally {
   for (const c of children) c.kill("SIGKILL");
   const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
-  let cursor = "0";
-  for (let i = 0; i < 100; i++) {
-    const [next, keys] = await redis.scan(cursor, "MATCH", `${PREFIX}*`, "COUNT", 500);
-    if (keys.length > 0) await redis.del(...keys);
-    cursor = next;
-    if (cursor === "0") break;
-  }
+  await deleteRedisKeys(redis, PREFIX);
   redis.disconnect();
 }
