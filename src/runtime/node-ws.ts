@@ -69,13 +69,25 @@ interface WsInternals {
  * Sockets corked since the last flush. Fan-outs that run in the same
  * event-loop turn (every message of one SQLite batch, every frame read in one
  * poll phase) then reach each client in one writev instead of one write
- * syscall per message, which is most of a delivery's cost. The flush is a
- * setImmediate: it runs once the poll phase has read what had arrived, so
- * the batch grows with the load by itself (one message per turn when idle).
- * process.nextTick flushed after each read instead: HISTORY=memory fan-out
- * cost 8.2 µs of server CPU per delivery against 2.6 (docs/benchmarks.md).
+ * syscall per message, which is most of a delivery's cost.
+ *
+ * When the fan-out comes from a client's frame (HISTORY=memory: delivered
+ * while ws reads), the flush is a setImmediate: it runs once the poll phase
+ * has read what had arrived, so the batch grows with the load by itself.
+ * process.nextTick there flushed after each read instead: HISTORY=memory
+ * fan-out cost 8.2 µs of server CPU per delivery against 2.6
+ * (docs/benchmarks.md). Any other fan-out (a SQLite batch's, after its
+ * commit in a setImmediate; a Redis read's; a timer's) is flushed on
+ * process.nextTick, which runs once the promise callbacks that deliver the
+ * whole batch have run: a setImmediate queued from inside the check phase
+ * would wait for the next turn, whose poll phase reads new frames before
+ * this batch is out, halving the batches under load (65 against 101
+ * deliveries per writev in saturation, docs/benchmarks.md).
  */
 const corked: WsFramedSocket[] = [];
+
+/** True while ws hands a client's frame to the app (poll phase): see {@link corked}. */
+let reading = false;
 
 /** Most bytes a socket holds corked before it writes them out within the turn. */
 const FLUSH_BYTES = 64 * 1024;
@@ -165,7 +177,10 @@ class WsFramedSocket extends WsSocket {
     if (!this.#corked) {
       this.#corked = true;
       tcp.cork();
-      if (corked.push(this) === 1) setImmediate(flushCorked);
+      if (corked.push(this) === 1) {
+        if (reading) setImmediate(flushCorked);
+        else process.nextTick(flushCorked);
+      }
     }
     tcp.write(bytes);
     this.#corkedBytes += bytes.length;
@@ -351,7 +366,12 @@ function onWsMessage(this: WithConn, data: Buffer, isBinary: boolean): void {
   const payload = isBinary
     ? (data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer)
     : data.toString("utf8");
-  dispatch(this[kConn], "onMessage", { type: "message", data: payload });
+  reading = true;
+  try {
+    dispatch(this[kConn], "onMessage", { type: "message", data: payload });
+  } finally {
+    reading = false;
+  }
 }
 
 function onWsClose(this: WithConn, code: number, reason: Buffer): void {
