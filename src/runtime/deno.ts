@@ -61,6 +61,7 @@ export function main(env: Record<string, string | undefined> = Deno.env.toObject
           ? {
               upgradeWebSocket: nodeWs.upgradeWebSocket,
               toSocket: nodeWs.toSocket,
+              broadcaster: new nodeWs.WsBroadcaster(config.maxBufferedBytes),
               peerAddress: (c: Context) => nodeConnInfo(c).remote.address,
             }
           : {

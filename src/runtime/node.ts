@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { getConnInfo } from "@hono/node-server/conninfo";
 import { serveStatic } from "@hono/node-server/serve-static";
 import Database from "better-sqlite3";
-import { serveWithWs, toSocket, upgradeWebSocket } from "./node-ws.ts";
+import { serveWithWs, toSocket, upgradeWebSocket, WsBroadcaster } from "./node-ws.ts";
 import { type Running, start } from "./start.ts";
 
 const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
@@ -21,9 +21,10 @@ export function main(env: Record<string, string | undefined> = process.env): Pro
     env,
     exit: process.exit,
     onSignal: (signal, handler) => process.on(signal, handler),
-    parts: async () => ({
+    parts: async (config) => ({
       upgradeWebSocket,
       toSocket,
+      broadcaster: new WsBroadcaster(config.maxBufferedBytes),
       peerAddress: (c) => getConnInfo(c).remote.address,
       serveStatic: serveStatic({ root: STATIC_ROOT }),
       openSqlite: (path) => new Database(path),

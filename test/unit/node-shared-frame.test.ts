@@ -9,7 +9,9 @@ import type { WSContext } from "hono/ws";
 import { describe, expect, it } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { Member, SharedFrame } from "../../src/hub/hub.ts";
-import { frameText, toSocket } from "../../src/runtime/node-ws.ts";
+import { LocalRoom } from "../../src/hub/room.ts";
+import { type ChatMessage, formatMessageId } from "../../src/protocol.ts";
+import { frameText, toSocket, WsBroadcaster } from "../../src/runtime/node-ws.ts";
 import { track } from "../helpers/cleanup.ts";
 
 const require = createRequire(import.meta.url);
@@ -145,5 +147,85 @@ describe("ws pre-framed sends (src/runtime/node-ws.ts)", () => {
     const { server } = await pair(true);
     expect(server.extensions).toContain("permessage-deflate");
     expect(toSocket(asContext(server), "z").sendShared).toBeUndefined();
+  });
+});
+
+describe("WsBroadcaster (a room's fan-out on ws)", () => {
+  const message = (i: number, text: string): ChatMessage => ({
+    type: "message",
+    id: formatMessageId(1_700_000_000_000, i),
+    room: "r",
+    user: "u",
+    message: text,
+    ts: 1_700_000_000_000,
+  });
+
+  it("writes to every subscriber but the excepted one, compressed ones included, until unsubscribed", async () => {
+    const a = await pair();
+    const b = await pair();
+    const z = await pair(true);
+    const broadcaster = new WsBroadcaster(1024 * 1024);
+    const [sa, sb, sz] = [
+      toSocket(asContext(a.server), "a"),
+      toSocket(asContext(b.server), "b"),
+      toSocket(asContext(z.server), "z"),
+    ];
+    for (const s of [sa, sb, sz]) broadcaster.subscribe(s, "m:r");
+    const gotA = collect(a.client, 2);
+    const gotB = collect(b.client, 1);
+    const gotZ = collect(z.client, 2);
+    expect(broadcaster.publish("m:r", "one", sb)).toBe(false);
+    broadcaster.unsubscribe(sb, "m:r");
+    expect(broadcaster.publish("m:r", "two", null)).toBe(false);
+    expect(broadcaster.publish("m:other", "nobody", null)).toBe(false);
+    b.server.send("direct"); // b got nothing from either publish
+    expect(await gotA).toEqual(["one", "two"]);
+    expect(await gotZ).toEqual(["one", "two"]);
+    expect(await gotB).toEqual(["direct"]);
+  });
+
+  it("refuses a socket it cannot write to, rather than let it miss every broadcast", () => {
+    const foreign = { id: "f", send() {}, close() {}, bufferedAmount: () => 0 };
+    expect(() => new WsBroadcaster(1).subscribe(foreign, "m:r")).toThrow(TypeError);
+  });
+
+  it("keeps the slow-consumer rule: a released member that does not read is closed with 1013, the others get every message", async () => {
+    const slowPair = await pair();
+    const fast = await pair();
+    (slowPair.client as unknown as { _socket: { pause(): void } })._socket.pause();
+    const closed = new Promise<number>((r) => slowPair.server.once("close", (code: number) => r(code)));
+    const room = new LocalRoom("r", new WsBroadcaster(1024 * 1024));
+    let slowClosed = 0;
+    const slow = new Member(
+      toSocket(asContext(slowPair.server), "slow"),
+      null,
+      "seed",
+      1024 * 1024,
+      () => slowClosed++,
+    );
+    const reader = new Member(toSocket(asContext(fast.server), "fast"), null, "seed", 1024 * 1024);
+    for (const m of [slow, reader]) {
+      room.add(m);
+      m.release(null, null);
+    }
+    const text = "z".repeat(60_000);
+    const ids: string[] = [];
+    const frames: string[] = [];
+    fast.client.on("message", (data: Buffer) => frames.push(data.toString("utf8")));
+    // Until the kernel's buffers for the paused client are full and ws's
+    // queue passes 1 MiB; yielding between messages lets each turn's cork
+    // be written out and the reader read.
+    for (let i = 0; i < 1000 && slow.open; i++) {
+      const m = message(i, text);
+      ids.push(m.id);
+      room.deliverMessage(m, JSON.stringify(m), null, undefined);
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(slow.open).toBe(false);
+    expect(slowClosed).toBe(1);
+    for (let i = 0; i < 500 && frames.length < ids.length; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(frames.map((f) => (JSON.parse(f) as ChatMessage).id)).toEqual(ids);
+    (slowPair.client as unknown as { _socket: { resume(): void } })._socket.resume();
+    expect(await closed).toBe(1013);
   });
 });
