@@ -1,6 +1,6 @@
 /**
  * Bun's WebSocket side, for src/runtime/bun.ts: Hono's WebSocket helper over
- * `server.upgrade` (our own), the socket adapter, the topic broadcaster, and
+ * `server.upgrade` (our own), the socket adapter, the room broadcaster, and
  * Bun's `websocket` options (limits, heartbeat).
  *
  * The helper is our own, as ./node-ws.ts is on Node: hono/bun's makes a new
@@ -14,7 +14,7 @@
 import { defineWebSocketHelper, type SendOptions, WSContext, type WSContextInit, type WSEvents } from "hono/ws";
 import type { Config } from "../config.ts";
 import type { Broadcaster, ChatSocket } from "../hub/hub.ts";
-import { selectSubprotocol } from "../protocol.ts";
+import { CloseCode, selectSubprotocol } from "../protocol.ts";
 import { Heartbeat } from "./start.ts";
 
 /** What a connection carries in Bun's `ws.data`. */
@@ -34,18 +34,14 @@ export interface BunSocket {
   terminate(): void;
   ping(): number;
   getBufferedAmount(): number;
-  subscribe(topic: string): void;
-  unsubscribe(topic: string): void;
-  /** To every subscriber but this socket. */
-  publish(topic: string, data: string): number;
+  /** Sends everything `fn` sends in one write. */
+  cork(fn: (ws: BunSocket) => void): void;
 }
 
 /** The slice of Bun's Server used here. */
 export interface BunServer {
   readonly port: number;
   upgrade(req: Request, options: { data: BunData; headers?: Record<string, string> }): boolean;
-  /** Returns bytes sent, 0 when dropped, -1 when some subscriber has backpressure. */
-  publish(topic: string, data: string): number;
   stop(closeActiveConnections?: boolean): Promise<void>;
 }
 
@@ -125,16 +121,29 @@ function contextOf(ws: BunSocket): WSContext<BunSocket> {
  * (no closures), and the broadcaster reaches Bun's socket through `raw`.
  */
 class BunChatSocket implements ChatSocket {
+  /** Set while the socket is on some channel of this broadcaster. */
+  broadcaster: BunBroadcaster | null = null;
+  /** Channels it is on: the room's, and the room's v1 one for v1 members. */
+  channels: string[] = NO_CHANNELS;
+  /** The broadcaster's flush generation that {@link at} counts in. */
+  gen = -1;
+  /** How much of that generation's queue this socket has been sent. */
+  at = 0;
+
   constructor(
     readonly id: string,
     readonly raw: BunSocket,
   ) {}
 
   send(text: string): void {
-    this.raw.send(text);
+    if (this.broadcaster) this.broadcaster.catchUp(this, text);
+    else this.raw.send(text);
   }
 
   close(code: number, reason: string): void {
+    // Broadcasts queued before the close still come before its frame, but
+    // for a client closed for not reading (1013): it is sent nothing more.
+    if (code !== CloseCode.TryAgainLater) this.broadcaster?.catchUp(this, null);
     this.raw.close(code, reason);
   }
 
@@ -143,27 +152,154 @@ class BunChatSocket implements ChatSocket {
   }
 }
 
+const NO_CHANNELS: string[] = [];
+
 /** The core's socket over the WSContext's Bun socket. */
 export function toSocket(ws: WSContext, id: string): ChatSocket {
   return new BunChatSocket(id, ws.raw as BunSocket);
 }
 
-const rawOf = (socket: ChatSocket): BunSocket | undefined => (socket instanceof BunChatSocket ? socket.raw : undefined);
-
-/** Bun's topics: uWS frames a published message once for all subscribers. */
-export function topicBroadcaster(server: () => BunServer): Broadcaster {
-  return {
-    subscribe: (socket, channel) => rawOf(socket)?.subscribe(channel),
-    unsubscribe: (socket, channel) => rawOf(socket)?.unsubscribe(channel),
-    publish(channel, text, except) {
-      const raw = except ? rawOf(except) : undefined;
-      // A closing socket's own publish sends nothing at all; then the
-      // server publishes (the closing socket discards its copy).
-      const sent = raw && raw.readyState === 1 ? raw.publish(channel, text) : server().publish(channel, text);
-      return sent <= 0; // -1: some subscriber has backpressure (0: dropped)
-    },
-  };
+/** A broadcast waiting for its turn's flush. */
+interface Queued {
+  channel: string;
+  text: string;
+  except: ChatSocket | null;
 }
+
+/** Flush early past this many queued UTF-16 units, so no turn queues without bound. */
+const FLUSH_AT = 64 * 1024;
+
+/** What a corked write sends (module state: no closure per socket and flush). */
+let corkQueue: Queued[] = [];
+let corkFrom = 0;
+let corkSocket: BunChatSocket | null = null;
+let corkExtra: string | null = null;
+
+function writeCorked(ws: BunSocket): void {
+  const s = corkSocket!;
+  const channels = s.channels;
+  const first = channels[0];
+  for (let i = corkFrom; i < corkQueue.length; i++) {
+    const q = corkQueue[i]!;
+    if (q.except !== s && (q.channel === first || channels.includes(q.channel))) ws.send(q.text);
+  }
+  if (corkExtra !== null) ws.send(corkExtra);
+}
+
+/**
+ * Room fan-out on Bun: a turn's broadcasts are queued, then every subscriber
+ * gets all of its share in one corked write (`ws.cork`), one system call per
+ * client per turn. Bun's own topic publish (`server.publish`) writes at most
+ * 32 messages per system call (uWS' topic tree), so it pays ~3x the calls at
+ * saturation, which is most of a delivery's CPU (docs/benchmarks.md).
+ *
+ * A socket's own sends (welcome, echo, errors, frames for members not yet
+ * subscribed) go through {@link catchUp}, which first writes what the queue
+ * holds for it: every client gets its frames in the order they were sent.
+ */
+export class BunBroadcaster implements Broadcaster {
+  readonly #channels = new Map<string, Set<BunChatSocket>>();
+  #queue: Queued[] = [];
+  #queued = 0;
+  #gen = 0;
+  #scheduled = false;
+  /** A flush left some subscriber past `maxBuffered`: the next publish says so. */
+  #backedUp = false;
+  readonly #flush = () => this.flush();
+
+  /** @param maxBuffered MAX_BUFFERED_BYTES: a subscriber with more queued is reported */
+  constructor(readonly maxBuffered: number) {}
+
+  subscribe(socket: ChatSocket, channel: string): void {
+    if (!(socket instanceof BunChatSocket)) throw new TypeError("BunBroadcaster serves only sockets made by toSocket");
+    // Only broadcasts queued from now on are its: what came before went to
+    // it one by one (held, then released) or is in the history it got.
+    this.catchUp(socket, null);
+    socket.broadcaster = this;
+    socket.gen = this.#gen;
+    socket.at = this.#queue.length;
+    if (!socket.channels.includes(channel)) socket.channels = [...socket.channels, channel];
+    let sockets = this.#channels.get(channel);
+    if (sockets === undefined) {
+      sockets = new Set();
+      this.#channels.set(channel, sockets);
+    }
+    sockets.add(socket);
+  }
+
+  unsubscribe(socket: ChatSocket, channel: string): void {
+    if (!(socket instanceof BunChatSocket)) return;
+    const sockets = this.#channels.get(channel);
+    if (sockets === undefined || !sockets.delete(socket)) return;
+    if (sockets.size === 0) this.#channels.delete(channel);
+    // What was queued while it was on the channel is still its.
+    this.catchUp(socket, null);
+    socket.channels = socket.channels.filter((c) => c !== channel);
+    if (socket.channels.length === 0) {
+      socket.channels = NO_CHANNELS;
+      socket.broadcaster = null;
+    }
+  }
+
+  publish(channel: string, text: string, except: ChatSocket | null): boolean {
+    if (this.#channels.get(channel) === undefined) return false;
+    this.#queue.push({ channel, text, except });
+    this.#queued += text.length;
+    if (this.#queued >= FLUSH_AT) this.flush();
+    else if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(this.#flush);
+    }
+    if (!this.#backedUp) return false;
+    this.#backedUp = false;
+    return true;
+  }
+
+  /**
+   * Writes what the queue holds for `socket` that it has not had yet, then
+   * `then` (a frame of its own), in one corked write.
+   */
+  catchUp(socket: BunChatSocket, then: string | null): void {
+    const queue = this.#queue;
+    if (socket.gen !== this.#gen) {
+      socket.gen = this.#gen;
+      socket.at = 0;
+    }
+    const ws = socket.raw;
+    if (socket.at >= queue.length || socket.channels.length === 0 || ws.readyState !== 1) {
+      socket.at = queue.length;
+      if (then !== null) ws.send(then);
+      return;
+    }
+    corkQueue = queue;
+    corkFrom = socket.at;
+    corkSocket = socket;
+    corkExtra = then;
+    socket.at = queue.length;
+    ws.cork(writeCorked);
+    corkSocket = null;
+    corkExtra = null;
+    if (ws.getBufferedAmount() > this.maxBuffered) this.#backedUp = true;
+  }
+
+  /** Sends the queue to every subscriber that has not had all of it. */
+  flush(): void {
+    this.#scheduled = false;
+    const queue = this.#queue;
+    if (queue.length === 0) return;
+    let last: string | null = null;
+    for (const q of queue) {
+      if (q.channel === last) continue;
+      last = q.channel;
+      for (const socket of this.#channels.get(q.channel) ?? NO_SOCKETS) this.catchUp(socket, null);
+    }
+    this.#queue = [];
+    this.#queued = 0;
+    this.#gen++;
+  }
+}
+
+const NO_SOCKETS: ReadonlySet<BunChatSocket> = new Set();
 
 const OPEN_EVENT = { type: "open" };
 
@@ -179,7 +315,8 @@ export function websocketOptions(config: Config) {
     maxPayloadLength: config.maxFrameBytes,
     perMessageDeflate: config.wsCompression,
     // Member closes a reader past MAX_BUFFERED_BYTES with 1013 right after
-    // the send (or publish) that crossed it, so no `drain` handler is
+    // the send that crossed it, or (BunBroadcaster) at the publish after the
+    // flush that did, at most 64 Ki units later, so no `drain` handler is
     // needed; Bun's own limit, which drops frames silently, sits well above
     // so it never acts first.
     backpressureLimit: Math.max(16 * 1024 * 1024, 4 * config.maxBufferedBytes),

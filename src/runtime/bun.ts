@@ -11,7 +11,7 @@ import { mkdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { getConnInfo, serveStatic } from "hono/bun";
 import type { SqliteDatabase } from "../store/sqlite.ts";
-import { type BunServer, topicBroadcaster, toSocket, upgradeWebSocket, websocketOptions } from "./bun-ws.ts";
+import { BunBroadcaster, type BunServer, toSocket, upgradeWebSocket, websocketOptions } from "./bun-ws.ts";
 import { type Running, start } from "./start.ts";
 
 declare const Bun: {
@@ -23,8 +23,6 @@ const STATIC_ROOT = fileURLToPath(new URL("../../static", import.meta.url));
 
 /** Starts the chat on Bun (`bun run src/index.ts`); config from the environment. */
 export function main(env: Record<string, string | undefined> = process.env): Promise<Running> {
-  // The broadcaster needs the server, which needs the app: set in serve().
-  let server: BunServer | null = null;
   return start({
     runtime: `bun ${Bun.version}`,
     env,
@@ -41,7 +39,7 @@ export function main(env: Record<string, string | undefined> = process.env): Pro
         serveStatic: serveStatic({ root: STATIC_ROOT }),
         openSqlite: (path) => new Database(path, { create: true }),
         ensureDir: (path) => mkdirSync(path, { recursive: true }),
-        ...(config.bunTopics ? { broadcaster: topicBroadcaster(() => server!) } : {}),
+        ...(config.bunTopics ? { broadcaster: new BunBroadcaster(config.maxBufferedBytes) } : {}),
       };
     },
     async serve(chat, config) {
@@ -55,7 +53,6 @@ export function main(env: Record<string, string | undefined> = process.env): Pro
         fetch: (req: Request, self: BunServer) => chat.app.fetch(req, { server: self }),
         websocket: ws.options,
       });
-      server = bun;
       return {
         port: bun.port,
         stopAccepting() {
