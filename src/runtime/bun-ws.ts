@@ -271,6 +271,14 @@ export class BunBroadcaster implements Broadcaster {
       if (then !== null) ws.send(then);
       return;
     }
+    if (then === null && socket.at === queue.length - 1) {
+      // One frame (a quiet room's usual flush): no cork needed.
+      const q = queue[socket.at]!;
+      socket.at = queue.length;
+      if (q.except !== socket && socket.channels.includes(q.channel)) ws.send(q.text);
+      if (ws.getBufferedAmount() > this.maxBuffered) this.#backedUp = true;
+      return;
+    }
     corkQueue = queue;
     corkFrom = socket.at;
     corkSocket = socket;

@@ -102,6 +102,18 @@ describe("BunBroadcaster", () => {
     expect(s.raw.frames.some((f) => f.type === "presence")).toBe(false);
   });
 
+  it("a turn with one broadcast sends it as one plain write, not to its sender when it has an echo", async () => {
+    const { hub, join, warm } = await setup();
+    const a = await join("a");
+    const b = await join("b");
+    await warm(a.member);
+    const [aBefore, bBefore] = [a.raw.writes.length, b.raw.writes.length];
+    await hub.publish("r", a.member, { user: "a", message: "alone", cid: "c1" });
+    await settle();
+    expect(a.raw.writes.slice(aBefore).map((w) => w.map((t) => JSON.parse(t).cid))).toEqual([["c1"]]);
+    expect(b.raw.writes.slice(bBefore)).toEqual([[expect.stringContaining('"alone"')]]);
+  });
+
   it("a socket's own frame goes out after the broadcasts queued before it, in the same write", async () => {
     const { hub, join, warm } = await setup();
     const a = await join("a");
