@@ -8,6 +8,7 @@ import {
   decodeIdentity,
   type Identity,
   isRefusal,
+  type RequestView,
   roomAllowed,
   type TokenSettings,
   tokenFromRequest,
@@ -79,6 +80,51 @@ export interface Chat {
   drain(): void;
   /** Drain, close every connection with 1001, then flush and close hub and store. */
   shutdown(): Promise<void>;
+  /**
+   * `GET /websocket` without Hono, for a runtime that handles upgrades
+   * itself (runtime/node-ws.ts); absent behind the Worker's front.
+   */
+  readonly direct?: DirectUpgrades;
+}
+
+/** An answer to an upgrade that is not accepted: a JSON body, as `c.json` sends it. */
+export interface Answer {
+  status: Problem["status"] | 500;
+  body: Record<string, unknown>;
+  /** Beyond the JSON content type and the security headers (`retry-after`). */
+  headers?: Record<string, string>;
+}
+
+/**
+ * The `/websocket` route for a runtime that answers upgrades itself: the
+ * same checks, answers and sessions as the route through Hono, without
+ * what Hono adds per request (a Context, routing, the middleware chain,
+ * a Response whose headers the security middleware sets one by one), and
+ * synchronous unless a check needs the store or a token. On Node the
+ * handshake cost 2.3x the plain ws server's CPU through Hono
+ * (docs/benchmarks.md, connect time).
+ */
+export interface DirectUpgrades {
+  /**
+   * The security headers every answer carries (lower-case name, value,
+   * sorted as a Response lists them); null until known, a few microtasks
+   * after {@link createChat}: until then upgrades go through `app.fetch`.
+   */
+  readonly headers: readonly (readonly [string, string])[] | null;
+  /**
+   * Checks an upgrade to `/websocket` (GET): the session's parameters, or
+   * the refusal to send. Never throws: a failure is the 500 the app sends.
+   * @param peer the TCP peer's address
+   */
+  admit(req: RequestView, peer: string | null | undefined): SessionInit | Answer | Promise<SessionInit | Answer>;
+  /**
+   * The handshake is complete: starts the session. The runtime then hands
+   * it every frame (`message`) and tells {@link closed} once.
+   * @param socketOf the core's socket over `raw`, with the id given
+   */
+  open<R>(init: SessionInit, raw: R, socketOf: (raw: R, id: string) => ChatSocket): Session;
+  /** The connection is gone (its close code; 1011 for a socket error). */
+  closed(session: Session, code: number): void;
 }
 
 let nextSocketId = 0;
@@ -140,7 +186,7 @@ export function defaultToSocket(ws: WSContext, id: string): ChatSocket {
 type Problem = { status: 400 | 401 | 403 | 426 | 429 | 503; error: string };
 
 /** The `Origin` rule of docs/protocol.md, Security: same host:port, or listed. */
-export function originProblem(c: Context, allowed: readonly string[]): Problem | null {
+export function originProblem(c: { req: RequestView }, allowed: readonly string[]): Problem | null {
   const origin = c.req.header("origin");
   if (origin === undefined) return null; // non-browser clients send none
   let parsed: URL;
@@ -161,21 +207,40 @@ export function originProblem(c: Context, allowed: readonly string[]): Problem |
  * (403). Resolves with the token's identity, or null when auth is off.
  */
 export async function authenticate(
-  c: Context,
+  c: { req: RequestView },
   settings: TokenSettings,
   room?: string,
 ): Promise<Problem | { identity: Identity | null }> {
-  if (settings.authSecret === undefined) return { identity: null };
+  return authenticateNow(c, settings, room);
+}
+
+/** {@link authenticate}, synchronous when there is no token to verify (AUTH_SECRET unset, or none sent). */
+function authenticateNow(
+  c: { req: RequestView },
+  settings: TokenSettings,
+  room?: string,
+): Problem | { identity: Identity | null } | Promise<Problem | { identity: Identity | null }> {
+  if (settings.authSecret === undefined) return NO_IDENTITY;
   const token = tokenFromRequest(c);
   if (!token) return { status: 401, error: "a token is required" };
-  const identity = await verifyToken(token, settings);
-  if (isRefusal(identity)) return { status: 401, error: identity.refused };
-  if (room !== undefined && !roomAllowed(identity.rooms, room)) return { status: 403, error: "room not allowed" };
-  return { identity };
+  return verifyToken(token, settings).then((identity) => {
+    if (isRefusal(identity)) return { status: 401, error: identity.refused };
+    if (room !== undefined && !roomAllowed(identity.rooms, room)) return { status: 403, error: "room not allowed" };
+    return { identity };
+  });
+}
+
+const NO_IDENTITY = { identity: null } as const;
+
+/** `f(value)`, after `value` settles when it is a promise: synchronous code stays synchronous. */
+function andThen<T, U>(value: T | Promise<T>, f: (value: T) => U | Promise<U>): U | Promise<U> {
+  return value instanceof Promise ? value.then(f) : f(value);
 }
 
 /** Room, user and since from the query, checked before the upgrade. */
-function connectionParams(c: Context): Problem | (Omit<SessionInit, "name" | "mode"> & { user: string | null }) {
+function connectionParams(c: {
+  req: RequestView;
+}): Problem | (Omit<SessionInit, "name" | "mode"> & { user: string | null }) {
   const room = c.req.query("room") ?? "lobby";
   const roomError = roomProblem(room);
   if (roomError) return { status: 400, error: roomError };
@@ -214,6 +279,16 @@ export async function checkUpgrade(
   logger: Logger,
   draining: boolean,
 ): Promise<Problem | CheckedUpgrade> {
+  return checkUpgradeNow(c, config, logger, draining);
+}
+
+/** {@link checkUpgrade}, synchronous unless a token is verified. */
+function checkUpgradeNow(
+  c: { req: RequestView },
+  config: Config,
+  logger: Logger,
+  draining: boolean,
+): Problem | CheckedUpgrade | Promise<Problem | CheckedUpgrade> {
   if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
     return { status: 426, error: "this endpoint takes WebSocket upgrades only" };
   }
@@ -232,23 +307,24 @@ export async function checkUpgrade(
   }
   const params = connectionParams(c);
   if (isProblem(params)) return params;
-  const auth = await authenticate(c, config, params.room);
-  if (isProblem(auth)) return auth;
-  const { identity } = auth;
-  return {
-    room: params.room,
-    name: identity?.name ?? params.user,
-    fromToken: identity !== null,
-    identity,
-    since: params.since,
-  };
+  return andThen(authenticateNow(c, config, params.room), (auth): Problem | CheckedUpgrade => {
+    if (isProblem(auth)) return auth;
+    const { identity } = auth;
+    return {
+      room: params.room,
+      name: identity?.name ?? params.user,
+      fromToken: identity !== null,
+      identity,
+      since: params.since,
+    };
+  });
 }
 
 /** Refusals a client can repeat at will are logged once a minute, with the count of the rest. */
 const refusalLog = { host: new LogThrottle(), origin: new LogThrottle(), address: new LogThrottle() };
 
 /** 403 for a Host that is not allowed (DNS rebinding, see limits/hosts.ts). */
-function hostRefused(c: Context, logger: Logger): Problem {
+function hostRefused(c: { req: RequestView }, logger: Logger): Problem {
   const more = refusalLog.host.pass();
   if (more !== null)
     logger.warn({ host: c.req.header("host"), more }, "refused a request for a host that is not allowed");
@@ -257,10 +333,25 @@ function hostRefused(c: Context, logger: Logger): Problem {
 
 /** A 429 JSON answer with Retry-After (whole seconds, rounded up) and `retryAfterMs`. */
 export function tooMany(c: Context, error: string, retryAfterMs: number | null): Response {
-  if (retryAfterMs === null) return c.json({ error }, 429);
-  c.header("retry-after", String(Math.max(1, Math.ceil(retryAfterMs / 1000))));
-  return c.json({ error, retryAfterMs }, 429);
+  return reply(c, tooManyAnswer(error, retryAfterMs));
 }
+
+function tooManyAnswer(error: string, retryAfterMs: number | null): Answer {
+  if (retryAfterMs === null) return { status: 429, body: { error } };
+  return {
+    status: 429,
+    body: { error, retryAfterMs },
+    headers: { "retry-after": String(Math.max(1, Math.ceil(retryAfterMs / 1000))) },
+  };
+}
+
+/** An {@link Answer} through Hono. */
+function reply(c: Context, answer: Answer): Response {
+  if (answer.headers) for (const [name, value] of Object.entries(answer.headers)) c.header(name, value);
+  return c.json(answer.body, answer.status);
+}
+
+const isAnswer = (v: SessionInit | Answer): v is Answer => "status" in v;
 
 /**
  * The security headers (CSP and the rest) on every response. Exported for the
@@ -279,6 +370,23 @@ export function securityHeaders(): MiddlewareHandler {
       frameAncestors: ["'none'"],
     },
   });
+}
+
+/**
+ * The security headers as a response carries them (lower-case names,
+ * sorted), for answers made without Hono: the middleware's own output, so
+ * the two cannot differ.
+ */
+async function securityHeaderList(): Promise<[string, string][]> {
+  const probe = new Hono();
+  probe.use("*", securityHeaders());
+  probe.get("/", (c) => c.body(null));
+  const res = await probe.request("/");
+  const list: [string, string][] = [];
+  res.headers.forEach((value, name) => {
+    list.push([name, value]);
+  });
+  return list;
 }
 
 /**
@@ -359,42 +467,60 @@ export function createChat(deps: AppDeps): Chat {
     }
   });
 
-  app.get(
-    "/websocket",
-    async (c, next) => {
-      const checked = await checkUpgrade(c, checks, logger, draining);
-      if (isProblem(checked)) return c.json({ error: checked.error }, checked.status);
-      const identity = deps.behindFront ? decodeIdentity(c.req.query("identity")) : checked.identity;
-      const address = keyOf(c);
-      if (!deps.internalRequest?.(c)) {
+  /**
+   * What the `/websocket` route decides before the upgrade, in the
+   * contract's order: {@link checkUpgrade}, the address's cap and handshake
+   * charge (unless `internal`), the ban. Synchronous unless a token is
+   * verified or a named user's ban is read.
+   */
+  const admitUpgrade = (
+    req: RequestView,
+    address: string,
+    internal: boolean,
+  ): SessionInit | Answer | Promise<SessionInit | Answer> =>
+    andThen(checkUpgradeNow({ req }, checks, logger, draining), (checked) => {
+      if (isProblem(checked)) return { status: checked.status, body: { error: checked.error } };
+      const identity = deps.behindFront ? decodeIdentity(req.query("identity")) : checked.identity;
+      if (!internal) {
         const refused = addresses.admit(address);
         if (refused) {
           const more = refusalLog.address.pass();
           if (more !== null)
             logger.info({ address, reason: refused.error, more }, "refused a handshake (per-address limit)");
-          return tooMany(c, refused.error, refused.retryAfterMs);
+          return tooManyAnswer(refused.error, refused.retryAfterMs);
         }
-      }
-      // After the address's handshake charge: a banned user reconnecting in a loop is limited like anyone.
-      if (checked.name !== null) {
-        let until: number | null;
-        try {
-          until = await store.bannedUntil(checked.room, checked.name, Date.now());
-        } catch (error) {
-          logger.error({ room: checked.room, err: error }, "ban check failed");
-          return c.json({ error: "chat is unavailable, try again" }, 503);
-        }
-        if (until !== null) return c.json({ error: "banned", until: Number.isFinite(until) ? until : null }, 403);
       }
       const init: SessionInit = {
         room: checked.room,
         name: checked.name,
-        mode: selectSubprotocol(c.req.header("sec-websocket-protocol")) ? "v1" : "seed",
+        mode: selectSubprotocol(req.header("sec-websocket-protocol")) ? "v1" : "seed",
         since: checked.since,
         address,
         identity,
       };
-      c.set("chatSession", init);
+      if (checked.name === null) return init;
+      // After the address's handshake charge: a banned user reconnecting in a loop is limited like anyone.
+      return bannedCheck(checked.room, checked.name, init);
+    });
+
+  const bannedCheck = async (room: string, name: string, init: SessionInit): Promise<SessionInit | Answer> => {
+    let until: number | null;
+    try {
+      until = await store.bannedUntil(room, name, Date.now());
+    } catch (error) {
+      logger.error({ room, err: error }, "ban check failed");
+      return { status: 503, body: { error: "chat is unavailable, try again" } };
+    }
+    if (until !== null) return { status: 403, body: { error: "banned", until: Number.isFinite(until) ? until : null } };
+    return init;
+  };
+
+  app.get(
+    "/websocket",
+    async (c, next) => {
+      const admitted = await admitUpgrade(c.req, keyOf(c), deps.internalRequest?.(c) ?? false);
+      if (isAnswer(admitted)) return reply(c, admitted);
+      c.set("chatSession", admitted);
       await next();
     },
     deps.upgradeWebSocket((c) => {
@@ -417,10 +543,46 @@ export function createChat(deps: AppDeps): Chat {
     draining = true;
   };
 
+  let direct: (DirectUpgrades & { headers: DirectUpgrades["headers"] }) | undefined;
+  if (!deps.behindFront && !deps.internalRequest) {
+    // What app.onError logs and answers for the route through Hono.
+    const failed = (error: unknown): Answer => {
+      logger.error({ err: error, path: "/websocket" }, "request failed");
+      return { status: 500, body: { error: "internal error" } };
+    };
+    const upgrades = {
+      headers: null as DirectUpgrades["headers"],
+      admit(req: RequestView, peer: string | null | undefined): SessionInit | Answer | Promise<SessionInit | Answer> {
+        try {
+          const address = clientKey(peer, req.header("x-forwarded-for"), config.trustProxy);
+          const admitted = admitUpgrade(req, address, false);
+          return admitted instanceof Promise ? admitted.catch(failed) : admitted;
+        } catch (error) {
+          return failed(error);
+        }
+      },
+      open<R>(init: SessionInit, raw: R, socketOf: (raw: R, id: string) => ChatSocket): Session {
+        const session = new Session(sessionDeps, init);
+        sessions.add(session);
+        void session.open(socketOf(raw, `c${(++nextSocketId).toString(36)}`));
+        return session;
+      },
+      closed(session: Session, code: number): void {
+        sessions.delete(session);
+        session.closed(code);
+      },
+    };
+    void securityHeaderList().then((list) => {
+      upgrades.headers = list;
+    });
+    direct = upgrades;
+  }
+
   return {
     app,
     sessions,
     drain,
+    direct,
     async shutdown() {
       drain();
       for (const s of sessions) s.close(CloseCode.GoingAway, "server shutting down");

@@ -13,9 +13,8 @@
  * - `iss` / `aud`: must match AUTH_ISSUER / AUTH_AUDIENCE when those are set
  *   (`aud` may be an array holding it).
  */
-import type { Context } from "hono";
-import { getCookie } from "hono/cookie";
 import { verify } from "hono/jwt";
+import { parse as parseCookies } from "hono/utils/cookie";
 import { nameProblem } from "../protocol.ts";
 
 /** The token settings of the config ({@link Config} has these fields). */
@@ -48,14 +47,26 @@ export interface TokenRefusal {
 /** Longest `rooms` claim read; a token is not a place to list a directory. */
 export const MAX_ROOMS_CLAIM = 1000;
 
+/**
+ * What the checks read of a request: a header (any case) and a query
+ * parameter, as Hono's `c.req` reads them. Node's upgrades are checked
+ * without a Hono Context (runtime/node-ws.ts), through the same functions.
+ */
+export interface RequestView {
+  header(name: string): string | undefined;
+  query(name: string): string | undefined;
+}
+
 /** The token from `?token=`, `Authorization: Bearer` or the `token` cookie. */
-export function tokenFromRequest(c: Context): string | undefined {
+export function tokenFromRequest(c: { req: RequestView }): string | undefined {
   const query = c.req.query("token");
   if (query) return query;
   const auth = c.req.header("authorization");
   const bearer = auth?.match(/^Bearer\s+(\S+)$/i)?.[1];
   if (bearer) return bearer;
-  return getCookie(c, "token") || undefined;
+  // What hono/cookie's getCookie(c, "token") reads, without needing a Context.
+  const cookies = c.req.header("cookie");
+  return (cookies ? parseCookies(cookies, "token").token : undefined) || undefined;
 }
 
 function roomsClaim(value: unknown): readonly string[] | null | TokenRefusal {

@@ -117,11 +117,47 @@ export function addressKey(ip: Ip | null): string {
   return `${new ipaddr.IPv6([p[0]!, p[1]!, p[2]!, p[3]!, 0, 0, 0, 0]).toRFC5952String()}/64`;
 }
 
-/** {@link clientAddress} and {@link addressKey} in one step. */
+/**
+ * {@link clientAddress} and {@link addressKey} in one step. An IPv4 peer
+ * whose forwarded header is not read is its own key, without a parse:
+ * every handshake asks (ipaddr.js was a tenth of the app's share of a
+ * handshake on Node, docs/benchmarks.md).
+ */
 export function clientKey(
   peer: string | null | undefined,
   forwardedFor: string | null | undefined,
   trust: TrustProxy,
 ): string {
+  if (peer && (!forwardedFor || (!trust.loopback && trust.ranges.length === 0))) {
+    if (isDottedQuad(peer)) return peer;
+    // IPv4-mapped IPv6, as a dual-stack socket reports IPv4 peers.
+    if (peer.startsWith("::ffff:") && isDottedQuad(peer.slice(7))) return peer.slice(7);
+  }
   return addressKey(clientAddress(peer, forwardedFor, trust));
+}
+
+/**
+ * True for IPv4 in the dotted-quad form {@link parseStrict} takes (four
+ * decimals of 0-255 without leading zeros), which is also the form
+ * {@link addressKey} writes: ipaddr.js's `isValidFourPartDecimal`,
+ * without a parse or a regular expression.
+ */
+export function isDottedQuad(text: string): boolean {
+  let dots = 0;
+  let digits = 0;
+  let value = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x2e) {
+      if (digits === 0 || ++dots > 3) return false;
+      digits = 0;
+      value = 0;
+      continue;
+    }
+    if (c < 0x30 || c > 0x39 || (digits > 0 && value === 0)) return false;
+    value = value * 10 + (c - 0x30);
+    if (value > 255) return false;
+    digits++;
+  }
+  return dots === 3 && digits > 0;
 }

@@ -8,7 +8,7 @@
  * Refusing unknown host names stops it. IP literals, `localhost` and
  * `*.localhost` can never be such a name, so they are always allowed.
  */
-import { parseStrict } from "./address.ts";
+import { isDottedQuad, parseStrict } from "./address.ts";
 
 /** The parsed `ALLOWED_HOSTS`. */
 export interface AllowedHosts {
@@ -52,7 +52,8 @@ export function hostName(header: string): string {
 export function hostAllowed(header: string | undefined, allowed: AllowedHosts): boolean {
   if (allowed.any || header === undefined) return true;
   const name = hostName(header);
-  if (name === "localhost" || name.endsWith(".localhost") || parseStrict(name) !== null) return true;
+  if (name === "localhost" || name.endsWith(".localhost") || isDottedQuad(name) || parseStrict(name) !== null)
+    return true;
   if (allowed.names.includes(name)) return true;
   for (const suffix of allowed.suffixes) if (name === suffix.slice(1) || name.endsWith(suffix)) return true;
   return false;

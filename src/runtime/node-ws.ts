@@ -19,13 +19,17 @@ import { STATUS_CODES } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { Duplex } from "node:stream";
 import { serve } from "@hono/node-server";
+import { getQueryParam } from "hono/utils/url";
 import { defineWebSocketHelper, type SendOptions, WSContext, type WSContextInit, type WSEvents } from "hono/ws";
 import * as wsModule from "ws";
 import { type WebSocket, WebSocketServer } from "ws";
+import type { Answer, DirectUpgrades } from "../app.ts";
 import type { Config } from "../config.ts";
+import type { RequestView } from "../governance/token.ts";
 import { type Broadcaster, type ChatSocket, SharedFrame } from "../hub/hub.ts";
 import type { Logger } from "../observability/logger.ts";
 import { selectSubprotocol } from "../protocol.ts";
+import type { Session, SessionInit } from "../session.ts";
 import { type BuiltChat, Heartbeat, type Served } from "./start.ts";
 
 /**
@@ -49,7 +53,9 @@ export function createWsServer(config: Config): WebSocketServer {
     // ws would select the first offered protocol; the contract selects
     // chat.v1 only, and otherwise none (seed mode).
     handleProtocols: (offered) => selectSubprotocol([...offered].join(",")) ?? false,
-    clientTracking: true,
+    // handleUpgrades keeps the open sockets itself: ws's tracking adds a
+    // closure and a listener array to every connection (~150 B each).
+    clientTracking: false,
   };
   return new WebSocketServer(options);
 }
@@ -262,7 +268,10 @@ export class WsBroadcaster implements Broadcaster {
 
 /** Our socket for a ws connection: pre-framed room sends unless it is compressed. */
 export function toSocket(ws: WSContext, id: string): ChatSocket {
-  const raw = ws.raw as WebSocket;
+  return socketOf(ws.raw as WebSocket, id);
+}
+
+function socketOf(raw: WebSocket, id: string): ChatSocket {
   return raw.extensions === "" ? new WsFramedSocket(id, raw) : new WsSocket(id, raw);
 }
 
@@ -331,10 +340,35 @@ class UpgradeHeaders {
  * (docs/benchmarks.md, connect time).
  */
 function toRequest(req: IncomingMessage): Request {
+  return {
+    method: req.method ?? "GET",
+    url: upgradeUrl(req),
+    headers: new UpgradeHeaders(req.headers),
+  } as unknown as Request;
+}
+
+function upgradeUrl(req: IncomingMessage): string {
   const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
   const target = req.url?.startsWith("/") ? req.url : "/"; // absolute-form targets are not served
-  const url = `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}${target}`;
-  return { method: req.method ?? "GET", url, headers: new UpgradeHeaders(req.headers) } as unknown as Request;
+  return `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}${target}`;
+}
+
+/** An upgrade's URL query and headers as the app's checks read them ({@link DirectUpgrades}). */
+class UpgradeView implements RequestView {
+  #url: string | null = null;
+
+  constructor(readonly req: IncomingMessage) {}
+
+  header(name: string): string | undefined {
+    const v = this.req.headers[name.toLowerCase()];
+    return Array.isArray(v) ? v.join(", ") : v;
+  }
+
+  query(name: string): string | undefined {
+    // The URL Hono would see (toRequest), read by Hono's own query parser.
+    this.#url ??= upgradeUrl(this.req);
+    return getQueryParam(this.#url, name) as string | undefined;
+  }
 }
 
 /**
@@ -343,14 +377,35 @@ function toRequest(req: IncomingMessage): Request {
  */
 async function refuse(socket: Duplex, res: Response): Promise<void> {
   const body = Buffer.from(await res.arrayBuffer());
+  const headers: [string, string][] = [];
+  res.headers.forEach((value, key) => {
+    headers.push([key, value]);
+  });
+  await writeRefusal(socket, res.status, headers, body);
+}
+
+/** {@link refuse} for an answer made without a Response; the headers as a Response would list them. */
+function refuseDirect(socket: Duplex, answer: Answer, security: readonly (readonly [string, string])[]): Promise<void> {
+  const headers: (readonly [string, string])[] = [...security, ["content-type", "application/json"]];
+  if (answer.headers) for (const [name, value] of Object.entries(answer.headers)) headers.push([name, value]);
+  headers.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return writeRefusal(socket, answer.status, headers, Buffer.from(JSON.stringify(answer.body)));
+}
+
+async function writeRefusal(
+  socket: Duplex,
+  status: number,
+  headers: readonly (readonly [string, string])[],
+  body: Buffer,
+): Promise<void> {
   const head = [
-    `HTTP/1.1 ${res.status} ${STATUS_CODES[res.status] ?? "Error"}`,
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}`,
     "Connection: close",
     `Content-Length: ${body.length}`,
   ];
-  res.headers.forEach((value, key) => {
+  for (const [key, value] of headers) {
     if (key !== "content-length" && key !== "connection") head.push(`${key}: ${value}`);
-  });
+  }
   if (socket.destroyed) return;
   await new Promise<void>((resolve) => {
     socket.once("error", () => resolve());
@@ -445,23 +500,155 @@ function onWsError(this: WithConn, error: Error): void {
 
 const OPEN_EVENT = { type: "open" };
 
-/** Hands one connection's ws events to the app's handlers. */
-function attach(ws: WebSocket, events: WSEvents<WebSocket>): void {
+/**
+ * Hands one connection's ws events to the app's handlers.
+ * @param onClose {@link onWsClose}, plus what the server does on a close
+ */
+function attach(
+  ws: WebSocket,
+  events: WSEvents<WebSocket>,
+  onClose: (this: WithConn, code: number, reason: Buffer) => void,
+): void {
   const conn = new Conn(ws, events);
   (ws as WithConn)[kConn] = conn;
   dispatch(conn, "onOpen", OPEN_EVENT);
   // @types/ws types `this` as WebSocket; these read the Conn set just above.
   ws.on("message", onWsMessage as (this: WebSocket, data: Buffer, isBinary: boolean) => void);
-  ws.on("close", onWsClose as (this: WebSocket, code: number, reason: Buffer) => void);
+  ws.on("close", onClose as (this: WebSocket, code: number, reason: Buffer) => void);
   ws.on("error", onWsError as (this: WebSocket, error: Error) => void);
 }
 
+/** Where a ws socket of a {@link DirectUpgrades} connection keeps its session. */
+const kSession = Symbol("chat.session");
+type WithSession = WebSocket & { [kSession]: Session };
+
+/** What ws hands a session: a message as the app takes it (see {@link onWsMessage}). */
+function onSessionMessage(this: WithSession, data: Buffer, isBinary: boolean): void {
+  const payload = isBinary
+    ? (data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer)
+    : data.toString("utf8");
+  reading = true;
+  try {
+    this[kSession].message(payload);
+  } catch (error) {
+    console.error(error);
+  } finally {
+    reading = false;
+  }
+}
+
+/** True for the request target of the app's WebSocket route, `/websocket` with or without a query. */
+function isWebSocketTarget(url: string | undefined): boolean {
+  return url?.startsWith("/websocket") === true && (url.length === 10 || url.charCodeAt(10) === 63); // "?"
+}
+
 /**
- * Answers every `upgrade` request of `server` through the app (`fetch`):
- * accepted ones are completed by `wss`, the rest get the app's response.
+ * Answers `GET /websocket` through the app's {@link DirectUpgrades}, the
+ * way the plain ws server answers any upgrade: synchronously in the
+ * `upgrade` event when no check needs a promise (no token, no name to look
+ * up in the bans), and with nothing per connection but the app's session
+ * on the ws socket and ws's own listeners. Returns a handler that answers
+ * and returns true, or returns false for requests it leaves to the app's
+ * `fetch`.
  */
-export function handleUpgrades(server: Server, wss: WebSocketServer, fetch: Fetch): void {
+function directUpgrades(
+  wss: WebSocketServer,
+  direct: DirectUpgrades,
+  clients: Set<WebSocket>,
+): (req: IncomingMessage, socket: Duplex, head: Buffer) => boolean {
+  let headerLines: string[] = [];
+  let headersFrom: DirectUpgrades["headers"] = null;
+  /** The session parameters of the upgrade ws is completing (it calls back synchronously). */
+  let completing: SessionInit | null = null;
+  wss.on("headers", (headers: string[]) => {
+    if (completing !== null) for (const line of headerLines) headers.push(line);
+  });
+  function onClose(this: WithSession, code: number): void {
+    clients.delete(this);
+    direct.closed(this[kSession], code);
+  }
+  function onError(this: WithSession): void {
+    direct.closed(this[kSession], 1011);
+  }
+  const opened = (ws: WebSocket, req: IncomingMessage) => {
+    const init = completing;
+    if (init === null) {
+      ws.terminate(); // not ours to complete; cannot happen while ws calls back synchronously
+      return;
+    }
+    completing = null;
+    clients.add(ws);
+    (ws as WithSession)[kSession] = direct.open(init, ws, socketOf);
+    // @types/ws types `this` as WebSocket; these read the session set just above.
+    ws.on("message", onSessionMessage as (this: WebSocket, data: Buffer, isBinary: boolean) => void);
+    ws.on("close", onClose as (this: WebSocket, code: number) => void);
+    ws.on("error", onError as (this: WebSocket) => void);
+    wss.emit("connection", ws, req);
+  };
+  const answer = (
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    admitted: SessionInit | Answer,
+    security: readonly (readonly [string, string])[],
+  ) => {
+    if (socket.destroyed) return;
+    if ("status" in admitted) {
+      void refuseDirect(socket, admitted, security);
+      return;
+    }
+    completing = admitted;
+    try {
+      wss.handleUpgrade(req, socket, head, opened);
+    } finally {
+      completing = null;
+    }
+  };
+  return (req, socket, head) => {
+    const security = direct.headers;
+    if (security === null || req.method !== "GET" || !isWebSocketTarget(req.url)) return false;
+    if (security !== headersFrom) {
+      headersFrom = security;
+      // The app's response headers (security headers) go on the 101 too.
+      headerLines = security
+        .filter(([key]) => key !== "content-length" && key !== "content-type")
+        .map(([key, value]) => `${key}: ${value}`);
+    }
+    const admitted = direct.admit(new UpgradeView(req), req.socket.remoteAddress);
+    if (!(admitted instanceof Promise)) {
+      answer(req, socket, head, admitted, security);
+      return true;
+    }
+    // A client that resets while the checks wait must not crash the process.
+    socket.on("error", ignore);
+    void admitted.then((a) => {
+      socket.off("error", ignore);
+      answer(req, socket, head, a, security);
+    });
+    return true;
+  };
+}
+
+/**
+ * Answers every `upgrade` request of `server` through the app: `GET
+ * /websocket` through `direct` when given, the rest through `fetch`.
+ * Accepted ones are completed by `wss`, the rest get the app's response.
+ * Returns the open sockets (`wss` does not track them: see createWsServer).
+ */
+export function handleUpgrades(
+  server: Server,
+  wss: WebSocketServer,
+  fetch: Fetch,
+  direct?: DirectUpgrades,
+): ReadonlySet<WebSocket> {
+  const clients = new Set<WebSocket>();
+  const answerDirect = direct ? directUpgrades(wss, direct, clients) : null;
+  function onClose(this: WithConn, code: number, reason: Buffer): void {
+    clients.delete(this);
+    onWsClose.call(this, code, reason);
+  }
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (answerDirect?.(req, socket, head)) return;
     // A client that resets mid-handshake must not crash the process.
     socket.on("error", ignore);
     void (async () => {
@@ -491,7 +678,8 @@ export function handleUpgrades(server: Server, wss: WebSocketServer, fetch: Fetc
       try {
         wss.handleUpgrade(req, socket, head, (ws) => {
           socket.off("error", ignore);
-          attach(ws, events);
+          clients.add(ws);
+          attach(ws, events, onClose);
           wss.emit("connection", ws, req);
         });
       } finally {
@@ -499,6 +687,7 @@ export function handleUpgrades(server: Server, wss: WebSocketServer, fetch: Fetc
       }
     })();
   });
+  return clients;
 }
 
 /**
@@ -525,12 +714,12 @@ export function serveWithWs(chat: BuiltChat, config: Config, logger: Logger): Pr
     ) as Server;
     // Our own upgrade handling, not the adapter's `websocket` option: it
     // keeps nothing of the request alive per connection.
-    handleUpgrades(server, wss, chat.app.fetch);
+    const clients = handleUpgrades(server, wss, chat.app.fetch, chat.direct);
     server.on("error", (error) => {
       logger.error({ err: error }, "server error");
       process.exit(1);
     });
-    const heartbeat = new Heartbeat(() => wss.clients, config.heartbeatMs);
+    const heartbeat = new Heartbeat(() => clients, config.heartbeatMs);
     if (config.heartbeatMs > 0) {
       // One listener for every socket (ws calls it with `this` = the socket).
       const onPong = function (this: WebSocket) {
@@ -547,9 +736,9 @@ export function serveWithWs(chat: BuiltChat, config: Config, logger: Logger): Pr
         heartbeat.stop();
         server.close(); // no new connections; open ones are closed by the chat
       },
-      openSockets: () => wss.clients.size,
+      openSockets: () => clients.size,
       closeAll() {
-        for (const ws of wss.clients) ws.terminate();
+        for (const ws of clients) ws.terminate();
         server.closeAllConnections?.();
       },
     });

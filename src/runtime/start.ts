@@ -98,17 +98,25 @@ export interface Pingable {
  * themselves). The runtime reports opens and pongs; `sockets` lists the open ones.
  */
 export class Heartbeat<S extends Pingable> {
-  /** A WeakMap, not a field on the socket: nothing per connection when the heartbeat is off. */
+  /**
+   * The ping round of each socket's last pong. A WeakMap, not a field on the
+   * socket: nothing per connection when the heartbeat is off. A round number
+   * rather than a time: a small integer is stored in the map as is, where
+   * `Date.now()` would take a heap number (16 B) per connection.
+   */
   readonly #lastPong = new WeakMap<S, number>();
   readonly #timer: ReturnType<typeof setInterval> | undefined;
+  /** Pings sent so far (rounds of the interval). */
+  #round = 0;
 
   /** @param intervalMs HEARTBEAT_MS; 0 turns it off */
   constructor(sockets: () => Iterable<S>, intervalMs: number) {
     if (intervalMs <= 0) return;
     this.#timer = setInterval(() => {
-      const now = Date.now();
+      const round = ++this.#round;
       for (const ws of sockets()) {
-        if (now - (this.#lastPong.get(ws) ?? now) > 2 * intervalMs) ws.terminate();
+        // No pong in the last two rounds (more than two intervals): gone.
+        if (round - (this.#lastPong.get(ws) ?? round) > 2) ws.terminate();
         else ws.ping();
       }
     }, intervalMs);
@@ -117,11 +125,11 @@ export class Heartbeat<S extends Pingable> {
 
   /** A socket opened (counts as a pong). */
   opened(ws: S): void {
-    if (this.#timer !== undefined) this.#lastPong.set(ws, Date.now());
+    if (this.#timer !== undefined) this.#lastPong.set(ws, this.#round);
   }
 
   ponged(ws: S): void {
-    if (this.#timer !== undefined) this.#lastPong.set(ws, Date.now());
+    if (this.#timer !== undefined) this.#lastPong.set(ws, this.#round);
   }
 
   stop(): void {

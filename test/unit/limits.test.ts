@@ -6,7 +6,15 @@
  */
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.ts";
-import { addressKey, clientAddress, clientKey, parseTrustProxy, TRUST_NONE } from "../../src/limits/address.ts";
+import {
+  addressKey,
+  clientAddress,
+  clientKey,
+  isDottedQuad,
+  parseStrict,
+  parseTrustProxy,
+  TRUST_NONE,
+} from "../../src/limits/address.ts";
 import { TokenBucket } from "../../src/limits/bucket.ts";
 import { allowedHostsFor, hostAllowed, parseAllowedHosts } from "../../src/limits/hosts.ts";
 import { AddressLimits, ConnectionLimits, readCost, textCost } from "../../src/limits/limiter.ts";
@@ -208,6 +216,47 @@ describe("client address", () => {
     expect(addressKey(clientAddress("fe80::1%eth0", undefined, TRUST_NONE))).toBe("fe80::/64");
     expect(clientKey(undefined, undefined, TRUST_NONE)).toBe("unknown");
     expect(clientKey("garbage", undefined, TRUST_NONE)).toBe("unknown");
+  });
+
+  it("the IPv4 shortcut gives the same key as ipaddr.js for every peer form", () => {
+    const peers = [
+      "127.0.0.1",
+      "0.0.0.0",
+      "255.255.255.255",
+      "10.0.0.255",
+      "256.0.0.1",
+      "01.2.3.4",
+      "1.2.3.04",
+      "1.2.3",
+      "1.2.3.4.5",
+      "1..2.3",
+      ".1.2.3",
+      "1.2.3.",
+      "1.2.3.4:80",
+      " 1.2.3.4",
+      "1.2.3.4 ",
+      "0x7f.0.0.1",
+      "1e2.0.0.1",
+      "::ffff:10.1.2.3",
+      "::FFFF:10.1.2.3",
+      "::ffff:010.1.2.3",
+      "::ffff:a01:203",
+      "::1",
+      "",
+      "9999999999.1.1.1",
+    ];
+    const loopback = parseTrustProxy("loopback");
+    for (const peer of peers) {
+      const slow = addressKey(clientAddress(peer, undefined, TRUST_NONE));
+      expect(clientKey(peer, undefined, TRUST_NONE), peer).toBe(slow);
+      expect(clientKey(peer, "203.0.113.9", TRUST_NONE), peer).toBe(slow);
+      expect(clientKey(peer, "203.0.113.9", loopback), peer).toBe(
+        addressKey(clientAddress(peer, "203.0.113.9", loopback)),
+      );
+      // The same form ipaddr.js's isValidFourPartDecimal takes.
+      const v4 = parseStrict(peer.trim());
+      expect(isDottedQuad(peer), peer).toBe(v4 !== null && v4.kind() === "ipv4" && v4.toString() === peer);
+    }
   });
 
   it("TRUST_PROXY: addresses, CIDRs (IPv4-mapped ones too) and loopback; bad items are named", () => {
