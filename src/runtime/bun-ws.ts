@@ -142,7 +142,8 @@ class BunChatSocket implements ChatSocket {
 
   close(code: number, reason: string): void {
     // Broadcasts queued before the close still come before its frame, but
-    // for a client closed for not reading (1013): it is sent nothing more.
+    // not with 1013: a client closed for not reading is sent nothing more,
+    // and one told to come back resumes from the history.
     if (code !== CloseCode.TryAgainLater) this.broadcaster?.catchUp(this, null);
     this.raw.close(code, reason);
   }
