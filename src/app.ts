@@ -232,11 +232,6 @@ function authenticateNow(
 
 const NO_IDENTITY = { identity: null } as const;
 
-/** `f(value)`, after `value` settles when it is a promise: synchronous code stays synchronous. */
-function andThen<T, U>(value: T | Promise<T>, f: (value: T) => U | Promise<U>): U | Promise<U> {
-  return value instanceof Promise ? value.then(f) : f(value);
-}
-
 /** Room, user and since from the query, checked before the upgrade. */
 function connectionParams(c: {
   req: RequestView;
@@ -307,17 +302,24 @@ function checkUpgradeNow(
   }
   const params = connectionParams(c);
   if (isProblem(params)) return params;
-  return andThen(authenticateNow(c, config, params.room), (auth): Problem | CheckedUpgrade => {
-    if (isProblem(auth)) return auth;
-    const { identity } = auth;
-    return {
-      room: params.room,
-      name: identity?.name ?? params.user,
-      fromToken: identity !== null,
-      identity,
-      since: params.since,
-    };
-  });
+  // No closure on the synchronous path: it runs for every handshake.
+  const auth = authenticateNow(c, config, params.room);
+  return auth instanceof Promise ? auth.then((a) => checked(params, a)) : checked(params, auth);
+}
+
+function checked(
+  params: { room: string; user: string | null; since: string | null },
+  auth: Problem | { identity: Identity | null },
+): Problem | CheckedUpgrade {
+  if (isProblem(auth)) return auth;
+  const { identity } = auth;
+  return {
+    room: params.room,
+    name: identity?.name ?? params.user,
+    fromToken: identity !== null,
+    identity,
+    since: params.since,
+  };
 }
 
 /** Refusals a client can repeat at will are logged once a minute, with the count of the rest. */
@@ -477,31 +479,43 @@ export function createChat(deps: AppDeps): Chat {
     req: RequestView,
     address: string,
     internal: boolean,
-  ): SessionInit | Answer | Promise<SessionInit | Answer> =>
-    andThen(checkUpgradeNow({ req }, checks, logger, draining), (checked) => {
-      if (isProblem(checked)) return { status: checked.status, body: { error: checked.error } };
-      const identity = deps.behindFront ? decodeIdentity(req.query("identity")) : checked.identity;
-      if (!internal) {
-        const refused = addresses.admit(address);
-        if (refused) {
-          const more = refusalLog.address.pass();
-          if (more !== null)
-            logger.info({ address, reason: refused.error, more }, "refused a handshake (per-address limit)");
-          return tooManyAnswer(refused.error, refused.retryAfterMs);
-        }
+  ): SessionInit | Answer | Promise<SessionInit | Answer> => {
+    const checked = checkUpgradeNow({ req }, checks, logger, draining);
+    // No closure on the synchronous path: it runs for every handshake.
+    return checked instanceof Promise
+      ? checked.then((c) => admitChecked(req, address, internal, c))
+      : admitChecked(req, address, internal, checked);
+  };
+
+  const admitChecked = (
+    req: RequestView,
+    address: string,
+    internal: boolean,
+    checked: Problem | CheckedUpgrade,
+  ): SessionInit | Answer | Promise<SessionInit | Answer> => {
+    if (isProblem(checked)) return { status: checked.status, body: { error: checked.error } };
+    const identity = deps.behindFront ? decodeIdentity(req.query("identity")) : checked.identity;
+    if (!internal) {
+      const refused = addresses.admit(address);
+      if (refused) {
+        const more = refusalLog.address.pass();
+        if (more !== null)
+          logger.info({ address, reason: refused.error, more }, "refused a handshake (per-address limit)");
+        return tooManyAnswer(refused.error, refused.retryAfterMs);
       }
-      const init: SessionInit = {
-        room: checked.room,
-        name: checked.name,
-        mode: selectSubprotocol(req.header("sec-websocket-protocol")) ? "v1" : "seed",
-        since: checked.since,
-        address,
-        identity,
-      };
-      if (checked.name === null) return init;
-      // After the address's handshake charge: a banned user reconnecting in a loop is limited like anyone.
-      return bannedCheck(checked.room, checked.name, init);
-    });
+    }
+    const init: SessionInit = {
+      room: checked.room,
+      name: checked.name,
+      mode: selectSubprotocol(req.header("sec-websocket-protocol")) ? "v1" : "seed",
+      since: checked.since,
+      address,
+      identity,
+    };
+    if (checked.name === null) return init;
+    // After the address's handshake charge: a banned user reconnecting in a loop is limited like anyone.
+    return bannedCheck(checked.room, checked.name, init);
+  };
 
   const bannedCheck = async (room: string, name: string, init: SessionInit): Promise<SessionInit | Answer> => {
     let until: number | null;

@@ -360,7 +360,8 @@ class UpgradeView implements RequestView {
   constructor(readonly req: IncomingMessage) {}
 
   header(name: string): string | undefined {
-    const v = this.req.headers[name.toLowerCase()];
+    // Node's names are lower case, as the app's are: toLowerCase would copy each.
+    const v = this.req.headers[hasUpperCase(name) ? name.toLowerCase() : name];
     return Array.isArray(v) ? v.join(", ") : v;
   }
 
@@ -369,6 +370,14 @@ class UpgradeView implements RequestView {
     this.#url ??= upgradeUrl(this.req);
     return getQueryParam(this.#url, name) as string | undefined;
   }
+}
+
+function hasUpperCase(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c >= 0x41 && c <= 0x5a) return true;
+  }
+  return false;
 }
 
 /**
