@@ -26,7 +26,7 @@ import { type WebSocket, WebSocketServer } from "ws";
 import type { Answer, DirectUpgrades } from "../app.ts";
 import type { Config } from "../config.ts";
 import type { RequestView } from "../governance/token.ts";
-import { type Broadcaster, type ChatSocket, SharedFrame } from "../hub/hub.ts";
+import type { Broadcaster, ChatSocket, SharedFrame } from "../hub/hub.ts";
 import type { Logger } from "../observability/logger.ts";
 import { selectSubprotocol } from "../protocol.ts";
 import type { Session, SessionInit } from "../session.ts";
@@ -68,7 +68,7 @@ export function createWsServer(config: Config): WebSocketServer {
  * test/unit/node-shared-frame.test.ts fails if this changes.
  */
 interface WsInternals {
-  _socket: { write(data: Buffer): boolean; cork(): void; uncork(): void; readonly writableLength: number };
+  _socket: { write(data: Buffer): boolean; cork(): void; uncork(): void };
 }
 
 /**
@@ -129,10 +129,12 @@ class WsSocket implements ChatSocket {
   ) {}
 
   send(text: string): void {
+    if (turnLog !== null) writeOutBefore(this);
     this.raw.send(text);
   }
 
   close(code: number, reason: string): void {
+    if (turnLog !== null) writeOutBefore(this);
     this.raw.close(code, reason);
   }
 
@@ -146,10 +148,12 @@ class WsSocket implements ChatSocket {
     setTimeout(() => this.raw.resume(), ms).unref();
   }
 
-  /** Sends a room's frame ({@link WsBroadcaster}); returns the bytes now queued for this client. */
-  broadcast(frame: SharedFrame): number {
-    this.raw.send(frame.text);
-    return this.raw.bufferedAmount;
+  /**
+   * Writes a channel's frames of this turn ({@link WsBroadcaster}): each
+   * text through ws, which compresses it for this connection.
+   */
+  writeLog(texts: readonly string[], _frames: Buffer | null, from: number, skip: readonly (WsSocket | null)[]): void {
+    for (let i = from; i < texts.length; i++) if (skip[i] !== this) this.raw.send(texts[i]!);
   }
 }
 
@@ -178,6 +182,7 @@ class WsFramedSocket extends WsSocket {
   }
 
   sendShared(frame: SharedFrame): void {
+    if (turnLog !== null) writeOutBefore(this);
     // ws.send drops frames once closing starts; so do we.
     if (this.raw.readyState !== 1) return;
     let bytes = frame.framed as Buffer | undefined;
@@ -203,11 +208,27 @@ class WsFramedSocket extends WsSocket {
     }
   }
 
-  override broadcast(frame: SharedFrame): number {
-    this.sendShared(frame);
-    // ws's bufferedAmount adds its sender's queue, which only compressed
-    // connections use: the TCP socket's is the whole backlog here.
-    return this.#tcp.writableLength;
+  /**
+   * Writes a channel's frames of this turn as one Buffer: `all` (every
+   * frame, the same Buffer for every subscriber) when this socket gets every
+   * frame, else the ones from `from` on that it does not skip.
+   */
+  override writeLog(
+    texts: readonly string[],
+    all: Buffer | null,
+    from: number,
+    skip: readonly (WsSocket | null)[],
+  ): void {
+    // ws.send drops frames once closing starts; so do we.
+    if (this.raw.readyState !== 1) return;
+    let bytes = all;
+    if (bytes === null) {
+      const parts: Buffer[] = [];
+      for (let i = from; i < texts.length; i++) if (skip[i] !== this) parts.push(frameText(texts[i]!));
+      if (parts.length === 0) return;
+      bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    }
+    this.#tcp.write(bytes);
   }
 
   /** Ends this turn's cork: what was written goes out in one writev. */
@@ -219,22 +240,78 @@ class WsFramedSocket extends WsSocket {
 }
 
 /**
+ * A channel's frames published in this turn and not written yet (see
+ * {@link WsBroadcaster}). One at a time in the process: a publish to another
+ * channel, or a direct send or close to one of its subscribers, writes it
+ * out first, so every client gets its frames in the order they were sent.
+ */
+interface TurnLog {
+  broadcaster: WsBroadcaster;
+  channel: string;
+  texts: string[];
+  /** UTF-16 units in `texts`: the log is written out past {@link FLUSH_BYTES}. */
+  size: number;
+  /** Per frame, the socket it skips (the sender, whose echo went separately), or null. */
+  skip: (WsSocket | null)[];
+  /** Subscribers added since the log began: the index of their first frame. */
+  joinedAt: Map<WsSocket, number> | null;
+}
+
+let turnLog: TurnLog | null = null;
+
+/** Writes the turn's log out at the end of the turn (the same rule as {@link corked}). */
+function endOfTurn(): void {
+  if (turnLog !== null) writeOut(turnLog);
+  turnStarts = true;
+}
+
+/**
+ * True until the first write of a turn: only then do the sockets' queues
+ * hold nothing of this turn. Deno's node:net counts every byte written as
+ * queued until its write op completes, a timer's length later even for a
+ * client that reads (eight 8 KiB writes: writableLength 65536 after a
+ * setImmediate, 0 after 20 ms), so a backlog read after this turn's writes
+ * would close readers for a large turn. Node hands them to the kernel at once.
+ */
+let turnStarts = true;
+
+/** Before a direct send to (or close of) `socket`: its broadcast frames go first. */
+function writeOutBefore(socket: WsSocket): void {
+  const log = turnLog!;
+  if (log.broadcaster.has(log.channel, socket)) writeOut(log);
+}
+
+function writeOut(log: TurnLog): void {
+  turnLog = null;
+  log.broadcaster.write(log);
+}
+
+/**
  * The rooms' fan-out on ws, as Bun's topics are on Bun (the hub's
- * {@link Broadcaster}): a room subscribes its released members, and a
- * message is framed once and written to each of their sockets, corked per
- * turn, with nothing per recipient but the write and a length check, as in
- * the plain corked ws server (bench/servers/ws-corked.ts). Member.deliver's
- * checks (held frames, ids the welcome covered, ws's bufferedAmount) stay
- * for the members not released yet, and a subscriber past `maxBuffered`
- * makes the room check its members' backlogs (the slow-consumer rule).
- * Saturation, 200 clients, two alternating rounds: 0.24 -> 0.20 and
- * 0.31 -> 0.27 µs server CPU per delivery (docs/benchmarks.md).
+ * {@link Broadcaster}): a room subscribes its released members, and the
+ * frames a channel gets in one event-loop turn are framed once, joined into
+ * one Buffer and written to each subscriber with one write at the end of
+ * the turn. A delivery then costs a share of one write per client per turn,
+ * where the plain corked ws server (bench/servers/ws-corked.ts) queues a
+ * chunk per frame and client for a writev. Member.deliver's checks (held
+ * frames, ids the welcome covered, ws's bufferedAmount) stay for members not
+ * released yet; a subscriber found past `maxBuffered` when the log is
+ * written makes the channel's next publish report it, and the room then
+ * checks its members' backlogs (the slow-consumer rule). Saturation, 200
+ * clients: see docs/benchmarks.md.
  */
 export class WsBroadcaster implements Broadcaster {
   readonly #channels = new Map<string, Set<WsSocket>>();
+  /** Channels with a subscriber past maxBuffered when their log was last written. */
+  readonly #over = new Set<string>();
+
+  /** UTF-16 units a turn's log holds before it is written out. */
+  readonly #step: number;
 
   /** @param maxBuffered MAX_BUFFERED_BYTES: a subscriber with more queued is reported */
-  constructor(readonly maxBuffered: number) {}
+  constructor(readonly maxBuffered: number) {
+    this.#step = Math.max(1024, Math.min(FLUSH_BYTES, Math.floor(maxBuffered / 8)));
+  }
 
   subscribe(socket: ChatSocket, channel: string): void {
     // Only ours can be written to here; a foreign socket would silently miss broadcasts.
@@ -245,6 +322,12 @@ export class WsBroadcaster implements Broadcaster {
       this.#channels.set(channel, sockets);
     }
     sockets.add(socket);
+    // Frames already in this turn's log were published before it joined.
+    const log = turnLog;
+    if (log !== null && log.broadcaster === this && log.channel === channel) {
+      log.joinedAt ??= new Map();
+      log.joinedAt.set(socket, log.texts.length);
+    }
   }
 
   unsubscribe(socket: ChatSocket, channel: string): void {
@@ -253,16 +336,55 @@ export class WsBroadcaster implements Broadcaster {
     if (sockets.size === 0) this.#channels.delete(channel);
   }
 
+  /** True when `socket` is subscribed to `channel`. */
+  has(channel: string, socket: WsSocket): boolean {
+    return this.#channels.get(channel)?.has(socket) === true;
+  }
+
   publish(channel: string, text: string, except: ChatSocket | null): boolean {
-    const sockets = this.#channels.get(channel);
-    if (sockets === undefined) return false;
-    const frame = new SharedFrame(text);
-    const max = this.maxBuffered;
-    let backedUp = false;
-    for (const socket of sockets) {
-      if (socket !== except && socket.broadcast(frame) > max) backedUp = true;
+    let log = turnLog;
+    if (log !== null && (log.broadcaster !== this || log.channel !== channel)) {
+      writeOut(log);
+      log = null;
     }
-    return backedUp;
+    if (this.#channels.has(channel)) {
+      if (log === null) {
+        log = { broadcaster: this, channel, texts: [], size: 0, skip: [], joinedAt: null };
+        turnLog = log;
+        if (reading) setImmediate(endOfTurn);
+        else process.nextTick(endOfTurn);
+      }
+      log.texts.push(text);
+      log.skip.push(except as WsSocket | null);
+      log.size += text.length;
+      // Bounded: a long burst goes out in steps, as a cork does, small next
+      // to maxBuffered, so that one step never passes for a slow reader.
+      if (log.size >= this.#step) writeOut(log);
+    }
+    return this.#over.delete(channel);
+  }
+
+  /** Writes a log out to the channel's subscribers (called through {@link writeOut}). */
+  write(log: TurnLog): void {
+    const sockets = this.#channels.get(log.channel);
+    if (sockets === undefined) return;
+    const { texts, skip, joinedAt } = log;
+    const skips = skip.some((s) => s !== null);
+    let all: Buffer | undefined;
+    let over = false;
+    const checkBacklog = turnStarts;
+    turnStarts = false;
+    for (const socket of sockets) {
+      const from = joinedAt?.get(socket) ?? 0;
+      const whole = from === 0 && !(skips && skip.includes(socket));
+      if (whole && all === undefined) {
+        all = texts.length === 1 ? frameText(texts[0]!) : Buffer.concat(texts.map(frameText));
+      }
+      // What it had not taken before this turn (see turnStarts).
+      if (checkBacklog && socket.bufferedAmount() > this.maxBuffered) over = true;
+      socket.writeLog(texts, whole ? all! : null, from, skip);
+    }
+    if (over) this.#over.add(log.channel);
   }
 }
 

@@ -184,6 +184,48 @@ describe("WsBroadcaster (a room's fan-out on ws)", () => {
     expect(await gotB).toEqual(["direct"]);
   });
 
+  it("keeps each client's order: frames of one turn go out together, a direct send or another channel's frame writes them out first", async () => {
+    const a = await pair();
+    const b = await pair();
+    const broadcaster = new WsBroadcaster(1024 * 1024);
+    const sa = toSocket(asContext(a.server), "a");
+    const sb = toSocket(asContext(b.server), "b");
+    for (const s of [sa, sb]) broadcaster.subscribe(s, "m:r");
+    broadcaster.subscribe(sa, "v:r"); // a is v1: both channels
+    const gotA = collect(a.client, 7);
+    const gotB = collect(b.client, 4);
+    // All in one turn, as a SQLite batch's fan-out is.
+    broadcaster.publish("m:r", "1", null);
+    broadcaster.publish("m:r", "2", sa); // a's own message: its echo went directly, just before
+    sa.send("echo 2");
+    broadcaster.publish("m:r", "3", null);
+    broadcaster.publish("v:r", "presence", null);
+    broadcaster.publish("m:r", "4", null);
+    sa.send("pong");
+    sb.close(1000, "bye");
+    broadcaster.publish("m:r", "5", null); // b is closing: not sent
+    expect(await gotA).toEqual(["1", "echo 2", "3", "presence", "4", "pong", "5"]);
+    expect(await gotB).toEqual(["1", "2", "3", "4"]);
+  });
+
+  it("a socket subscribed in the middle of a turn gets only what was published after", async () => {
+    const a = await pair();
+    const late = await pair();
+    const broadcaster = new WsBroadcaster(1024 * 1024);
+    const sa = toSocket(asContext(a.server), "a");
+    const sl = toSocket(asContext(late.server), "late");
+    broadcaster.subscribe(sa, "m:r");
+    const gotA = collect(a.client, 3);
+    const gotLate = collect(late.client, 3);
+    broadcaster.publish("m:r", "1", null);
+    sl.send("1 (as its welcome's history)");
+    broadcaster.subscribe(sl, "m:r");
+    broadcaster.publish("m:r", "2", null);
+    broadcaster.publish("m:r", "3", null);
+    expect(await gotA).toEqual(["1", "2", "3"]);
+    expect(await gotLate).toEqual(["1 (as its welcome's history)", "2", "3"]);
+  });
+
   it("refuses a socket it cannot write to, rather than let it miss every broadcast", () => {
     const foreign = { id: "f", send() {}, close() {}, bufferedAmount: () => 0 };
     expect(() => new WsBroadcaster(1).subscribe(foreign, "m:r")).toThrow(TypeError);
