@@ -45,7 +45,18 @@ interface MemoryRoom extends LocalRoom {
   ready: Promise<void>;
   /** Settles after the room's latest fan-out, so deliveries keep id order. */
   tail: Promise<void>;
+  /** The messages waiting for the store's current batch, fanned out together. */
+  group: FanoutGroup | null;
 }
+
+/** Messages whose store writes settle together (one SQLite batch), fanned out in one callback. */
+interface FanoutGroup {
+  written: Promise<void>;
+  items: { message: ChatMessage; from: Member | null; cid: string | undefined }[];
+  done: Promise<void>;
+}
+
+const noop = () => {};
 
 /**
  * The default hub: one process is the authority for every room. Rooms live
@@ -78,6 +89,7 @@ export class MemoryHub implements Hub {
         clock: new IdClock(),
         ready: Promise.resolve(),
         tail: Promise.resolve(),
+        group: null,
       });
       created.ready = this.store.lastId(name).then(
         (last) => created.clock.resumeAfter(last),
@@ -165,28 +177,34 @@ export class MemoryHub implements Hub {
       // Sessions chain on the promise; a store that throws must not throw through them.
       return Promise.reject(error);
     }
-    const events = this.events;
-    const fanout = events
-      ? () => {
-          room.deliverMessage(message, serialize(message), from, draft.cid);
-          events({ event: "message.created", room: roomName, data: message });
-        }
-      : () => room.deliverMessage(message, serialize(message), from, draft.cid);
     if (!written) {
-      fanout();
+      this.#fanout(room, message, from, draft.cid);
       return Promise.resolve(message);
     }
-    // Writes of one batch settle together; chaining on the previous fan-out
-    // keeps deliveries in id order whatever order the promises settle in.
-    const done = Promise.all([written, room.tail]).then(() => {
-      fanout();
-      return message;
-    });
-    room.tail = done.then(
-      () => {},
-      () => {},
-    );
-    return done;
+    // Writes of one batch settle together: the batch's messages fan out in
+    // one callback, after the previous batch's (id order whatever order the
+    // promises settle in), instead of two promises, an array and a closure
+    // per message (about 0.7 µs per message on Bun, measured alone).
+    let group = room.group;
+    if (group === null || group.written !== written) {
+      const g: FanoutGroup = { written, items: [], done: undefined as unknown as Promise<void> };
+      g.done = Promise.all([written, room.tail]).then(() => {
+        // Cleared when it goes out: a store that hands the same settled
+        // promise to later appends starts a new group.
+        if (room.group === g) room.group = null;
+        for (const item of g.items) this.#fanout(room, item.message, item.from, item.cid);
+      });
+      room.tail = g.done.then(noop, noop);
+      room.group = g;
+      group = g;
+    }
+    group.items.push({ message, from, cid: draft.cid });
+    return group.done.then(() => message);
+  }
+
+  #fanout(room: MemoryRoom, message: ChatMessage, from: Member | null, cid: string | undefined): void {
+    room.deliverMessage(message, serialize(message), from, cid);
+    this.events?.({ event: "message.created", room: room.name, data: message });
   }
 
   typing(roomName: string, from: Member): void {
