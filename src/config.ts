@@ -100,7 +100,7 @@ const schema = z.object({
   TLS_KEY: z.optional(z.string().check(z.minLength(1))),
   /** permessage-deflate for WebSocket frames. @default false */
   WS_COMPRESSION: z._default(flag, false),
-  /** Bun only: room fan-out through Bun's topic publish (framed once); false sends to each member. @default true */
+  /** Bun only: room fan-out through BunBroadcaster (a turn's messages, one corked write per client); false sends to each member. @default true */
   BUN_TOPICS: z._default(flag, true),
   /** Longest a graceful shutdown waits before it exits anyway. @default 4000 */
   SHUTDOWN_TIMEOUT_MS: z._default(int(0, 60000), 4000),
@@ -213,7 +213,7 @@ export interface Config {
   logFormat: "text" | "json";
   tls: { cert: string; key: string } | undefined;
   wsCompression: boolean;
-  /** Bun only: fan-out through Bun's topic publish. */
+  /** Bun only: room fan-out through BunBroadcaster (src/runtime/bun-ws.ts). */
   bunTopics: boolean;
   shutdownTimeoutMs: number;
   /** Open connections per client address; 0 when there is no cap. */

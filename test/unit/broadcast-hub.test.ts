@@ -1,8 +1,9 @@
 /**
- * MemoryHub with a {@link Broadcaster} (the seam Bun's topic publish plugs
- * into) must keep the whole hub contract: the same suite runs over an
- * in-process topic table that behaves like Bun's (publish skips `except`,
- * reports backpressure), plus the cases only a broadcaster has.
+ * MemoryHub with a {@link Broadcaster} (the seam the runtimes' room
+ * broadcasters plug into: WsBroadcaster on Node, BunBroadcaster on Bun) must
+ * keep the whole hub contract: the same suite runs over an in-process topic
+ * table (publish skips `except`, reports backpressure), plus the cases only a
+ * broadcaster has.
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { type Broadcaster, type ChatSocket, Member } from "../../src/hub/hub.ts";
