@@ -22,7 +22,7 @@ import { serve } from "@hono/node-server";
 import { getQueryParam } from "hono/utils/url";
 import { defineWebSocketHelper, type SendOptions, WSContext, type WSContextInit, type WSEvents } from "hono/ws";
 import * as wsModule from "ws";
-import { type WebSocket, WebSocketServer } from "ws";
+import { WebSocket, WebSocketServer } from "ws";
 import type { Answer, DirectUpgrades } from "../app.ts";
 import type { Config } from "../config.ts";
 import type { RequestView } from "../governance/token.ts";
@@ -56,6 +56,7 @@ export function createWsServer(config: Config): WebSocketServer {
     // handleUpgrades keeps the open sockets itself: ws's tracking adds a
     // closure and a listener array to every connection (~150 B each).
     clientTracking: false,
+    WebSocket: ChatWebSocket,
   };
   return new WebSocketServer(options);
 }
@@ -599,74 +600,87 @@ class Conn {
   }
 }
 
-/** Where a ws socket keeps its {@link Conn}: one property, no closures per connection. */
-const kConn = Symbol("chat.conn");
-type WithConn = WebSocket & { [kConn]: Conn };
+/** One server's part in its sockets' events ({@link ChatWebSocket}). */
+interface SocketSide {
+  /** The socket closed: forget it, tell the app (Conn: its events; Session: the direct route). */
+  closed(ws: ChatWebSocket, code: number, reason: Buffer): void;
+  /** The socket failed (ws closes it next). */
+  failed(ws: ChatWebSocket, error: Error): void;
+  ponged(ws: ChatWebSocket): void;
+}
 
-/*
- * ws calls listeners with `this` = the socket, so these are shared by every
- * connection instead of three closures each. The app reads `data` of a
- * message event and `code` of a close event; a plain object stands in for
- * MessageEvent (costly to construct in Node) and CloseEvent (absent in Node 20).
+/**
+ * ws's WebSocket (`options.WebSocket`) with what a connection needs in its
+ * own fields, and the events ws emits on it (message, close, error, pong)
+ * handed on in `emit` itself. No listener is added per connection: four of
+ * them grew each socket's event table by ~100 B, a symbol property for the
+ * app's side cost a property array (~40 B), and the heartbeat a WeakMap
+ * entry (docs/benchmarks.md, idle memory). Anything else, or a socket
+ * nothing is attached to, goes to ws's EventEmitter as usual.
  */
-function onWsMessage(this: WithConn, data: Buffer, isBinary: boolean): void {
-  const payload = isBinary
-    ? (data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer)
-    : data.toString("utf8");
-  reading = true;
-  try {
-    dispatch(this[kConn], "onMessage", { type: "message", data: payload });
-  } finally {
-    reading = false;
+export class ChatWebSocket extends WebSocket {
+  /** The app's side: its Session (the direct route) or its events (through Hono). */
+  app: Session | Conn | null = null;
+  side: SocketSide | null = null;
+  /** The heartbeat's round of the last pong (see Heartbeat). */
+  pongRound = 0;
+
+  override emit(event: string | symbol, a?: unknown, b?: unknown): boolean {
+    const app = this.app;
+    const side = this.side;
+    if (app === null || side === null) {
+      // Nothing attached yet: ws closes a failed socket itself.
+      if (event === "error" && this.listenerCount("error") === 0) return false;
+      return super.emit(event, a, b);
+    }
+    switch (event) {
+      case "message":
+        onMessage(app, a as Buffer, b as boolean);
+        return true;
+      case "close":
+        side.closed(this, a as number, b as Buffer);
+        return true;
+      case "error":
+        side.failed(this, a as Error);
+        return true;
+      case "pong":
+        side.ponged(this);
+        return true;
+      default:
+        return super.emit(event, a, b);
+    }
   }
 }
 
-function onWsClose(this: WithConn, code: number, reason: Buffer): void {
-  dispatch(this[kConn], "onClose", { type: "close", code, reason: reason.toString(), wasClean: true });
-}
-
-function onWsError(this: WithConn, error: Error): void {
-  dispatch(this[kConn], "onError", { type: "error", error, message: error.message });
-}
-
-const OPEN_EVENT = { type: "open" };
-
 /**
- * Hands one connection's ws events to the app's handlers.
- * @param onClose {@link onWsClose}, plus what the server does on a close
+ * A frame for the app. The app reads `data` of a message event; a plain
+ * object stands in for MessageEvent (costly to construct in Node).
  */
-function attach(
-  ws: WebSocket,
-  events: WSEvents<WebSocket>,
-  onClose: (this: WithConn, code: number, reason: Buffer) => void,
-): void {
-  const conn = new Conn(ws, events);
-  (ws as WithConn)[kConn] = conn;
-  dispatch(conn, "onOpen", OPEN_EVENT);
-  // @types/ws types `this` as WebSocket; these read the Conn set just above.
-  ws.on("message", onWsMessage as (this: WebSocket, data: Buffer, isBinary: boolean) => void);
-  ws.on("close", onClose as (this: WebSocket, code: number, reason: Buffer) => void);
-  ws.on("error", onWsError as (this: WebSocket, error: Error) => void);
-}
-
-/** Where a ws socket of a {@link DirectUpgrades} connection keeps its session. */
-const kSession = Symbol("chat.session");
-type WithSession = WebSocket & { [kSession]: Session };
-
-/** What ws hands a session: a message as the app takes it (see {@link onWsMessage}). */
-function onSessionMessage(this: WithSession, data: Buffer, isBinary: boolean): void {
+function onMessage(app: Session | Conn, data: Buffer, isBinary: boolean): void {
   const payload = isBinary
     ? (data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength) as ArrayBuffer)
     : data.toString("utf8");
   reading = true;
   try {
-    this[kSession].message(payload);
+    if (app instanceof Conn) dispatch(app, "onMessage", { type: "message", data: payload });
+    else app.message(payload);
   } catch (error) {
     console.error(error);
   } finally {
     reading = false;
   }
 }
+
+/** The app's close and error events through Hono's handlers (CloseEvent is absent in Node 20). */
+function closeConn(conn: Conn, code: number, reason: Buffer): void {
+  dispatch(conn, "onClose", { type: "close", code, reason: reason.toString(), wasClean: true });
+}
+
+function failConn(conn: Conn, error: Error): void {
+  dispatch(conn, "onError", { type: "error", error, message: error.message });
+}
+
+const OPEN_EVENT = { type: "open" };
 
 /** True for the request target of the app's WebSocket route, `/websocket` with or without a query. */
 function isWebSocketTarget(url: string | undefined): boolean {
@@ -685,7 +699,8 @@ function isWebSocketTarget(url: string | undefined): boolean {
 function directUpgrades(
   wss: WebSocketServer,
   direct: DirectUpgrades,
-  clients: Set<WebSocket>,
+  side: SocketSide,
+  opened: (ws: ChatWebSocket) => void,
 ): (req: IncomingMessage, socket: Duplex, head: Buffer) => boolean {
   let headerLines: string[] = [];
   let headersFrom: DirectUpgrades["headers"] = null;
@@ -694,27 +709,17 @@ function directUpgrades(
   wss.on("headers", (headers: string[]) => {
     if (completing !== null) for (const line of headerLines) headers.push(line);
   });
-  function onClose(this: WithSession, code: number): void {
-    clients.delete(this);
-    direct.closed(this[kSession], code);
-  }
-  function onError(this: WithSession): void {
-    direct.closed(this[kSession], 1011);
-  }
-  const opened = (ws: WebSocket, req: IncomingMessage) => {
+  const completed = (ws: WebSocket) => {
     const init = completing;
     if (init === null) {
       ws.terminate(); // not ours to complete; cannot happen while ws calls back synchronously
       return;
     }
     completing = null;
-    clients.add(ws);
-    (ws as WithSession)[kSession] = direct.open(init, ws, socketOf);
-    // @types/ws types `this` as WebSocket; these read the session set just above.
-    ws.on("message", onSessionMessage as (this: WebSocket, data: Buffer, isBinary: boolean) => void);
-    ws.on("close", onClose as (this: WebSocket, code: number) => void);
-    ws.on("error", onError as (this: WebSocket) => void);
-    wss.emit("connection", ws, req);
+    const chat = ws as ChatWebSocket;
+    chat.app = direct.open(init, ws, socketOf);
+    chat.side = side;
+    opened(chat);
   };
   const answer = (
     req: IncomingMessage,
@@ -730,7 +735,7 @@ function directUpgrades(
     }
     completing = admitted;
     try {
-      wss.handleUpgrade(req, socket, head, opened);
+      wss.handleUpgrade(req, socket, head, completed);
     } finally {
       completing = null;
     }
@@ -763,21 +768,45 @@ function directUpgrades(
 /**
  * Answers every `upgrade` request of `server` through the app: `GET
  * /websocket` through `direct` when given, the rest through `fetch`.
- * Accepted ones are completed by `wss`, the rest get the app's response.
- * Returns the open sockets (`wss` does not track them: see createWsServer).
+ * Accepted ones are completed by `wss` (made by {@link createWsServer}),
+ * the rest get the app's response. Returns the open sockets (`wss` does not
+ * track them).
  */
 export function handleUpgrades(
   server: Server,
   wss: WebSocketServer,
   fetch: Fetch,
   direct?: DirectUpgrades,
-): ReadonlySet<WebSocket> {
-  const clients = new Set<WebSocket>();
-  const answerDirect = direct ? directUpgrades(wss, direct, clients) : null;
-  function onClose(this: WithConn, code: number, reason: Buffer): void {
-    clients.delete(this);
-    onWsClose.call(this, code, reason);
-  }
+  heartbeatMs = 0,
+): { clients: ReadonlySet<ChatWebSocket>; heartbeat: Heartbeat<ChatWebSocket> } {
+  const clients = new Set<ChatWebSocket>();
+  const heartbeat = new Heartbeat(() => clients, heartbeatMs, {
+    get: (ws) => ws.pongRound,
+    set: (ws, round) => {
+      ws.pongRound = round;
+    },
+  });
+  const side: SocketSide = {
+    closed(ws, code, reason) {
+      clients.delete(ws);
+      const app = ws.app!;
+      if (app instanceof Conn) closeConn(app, code, reason);
+      else direct?.closed(app, code);
+    },
+    failed(ws, error) {
+      const app = ws.app!;
+      if (app instanceof Conn) failConn(app, error);
+      else direct?.closed(app, 1011);
+    },
+    ponged(ws) {
+      heartbeat.ponged(ws);
+    },
+  };
+  const opened = (ws: ChatWebSocket) => {
+    clients.add(ws);
+    heartbeat.opened(ws);
+  };
+  const answerDirect = direct ? directUpgrades(wss, direct, side, opened) : null;
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     if (answerDirect?.(req, socket, head)) return;
     // A client that resets mid-handshake must not crash the process.
@@ -809,16 +838,19 @@ export function handleUpgrades(
       try {
         wss.handleUpgrade(req, socket, head, (ws) => {
           socket.off("error", ignore);
-          clients.add(ws);
-          attach(ws, events, onClose);
-          wss.emit("connection", ws, req);
+          const chat = ws as ChatWebSocket;
+          const conn = new Conn(ws, events);
+          chat.app = conn;
+          chat.side = side;
+          opened(chat);
+          dispatch(conn, "onOpen", OPEN_EVENT);
         });
       } finally {
         wss.off("headers", addHeaders);
       }
     })();
   });
-  return clients;
+  return { clients, heartbeat };
 }
 
 /**
@@ -845,22 +877,11 @@ export function serveWithWs(chat: BuiltChat, config: Config, logger: Logger): Pr
     ) as Server;
     // Our own upgrade handling, not the adapter's `websocket` option: it
     // keeps nothing of the request alive per connection.
-    const clients = handleUpgrades(server, wss, chat.app.fetch, chat.direct);
+    const { clients, heartbeat } = handleUpgrades(server, wss, chat.app.fetch, chat.direct, config.heartbeatMs);
     server.on("error", (error) => {
       logger.error({ err: error }, "server error");
       process.exit(1);
     });
-    const heartbeat = new Heartbeat(() => clients, config.heartbeatMs);
-    if (config.heartbeatMs > 0) {
-      // One listener for every socket (ws calls it with `this` = the socket).
-      const onPong = function (this: WebSocket) {
-        heartbeat.ponged(this);
-      };
-      wss.on("connection", (ws: WebSocket) => {
-        heartbeat.opened(ws);
-        ws.on("pong", onPong);
-      });
-    }
     const served = (port: number): Served => ({
       port,
       stopAccepting() {

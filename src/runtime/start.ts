@@ -91,6 +91,12 @@ export interface Pingable {
   terminate(): void;
 }
 
+/** Where a {@link Heartbeat} keeps each socket's round of its last pong. */
+export interface PongRounds<S> {
+  get(ws: S): number | undefined;
+  set(ws: S, round: number): void;
+}
+
 /**
  * Our heartbeat where the runtime has none that fits (Node's ws; Bun's
  * `idleTimeout` counts whole seconds): a ping every `intervalMs`; a socket
@@ -99,18 +105,22 @@ export interface Pingable {
  */
 export class Heartbeat<S extends Pingable> {
   /**
-   * The ping round of each socket's last pong. A WeakMap, not a field on the
-   * socket: nothing per connection when the heartbeat is off. A round number
-   * rather than a time: a small integer is stored in the map as is, where
-   * `Date.now()` would take a heap number (16 B) per connection.
+   * The ping round of each socket's last pong: a WeakMap unless the runtime
+   * keeps it on its sockets. A round number rather than a time: a small
+   * integer is stored as is, where `Date.now()` would take a heap number
+   * (16 B) per connection.
    */
-  readonly #lastPong = new WeakMap<S, number>();
+  readonly #lastPong: PongRounds<S>;
   readonly #timer: ReturnType<typeof setInterval> | undefined;
   /** Pings sent so far (rounds of the interval). */
   #round = 0;
 
-  /** @param intervalMs HEARTBEAT_MS; 0 turns it off */
-  constructor(sockets: () => Iterable<S>, intervalMs: number) {
+  /**
+   * @param intervalMs HEARTBEAT_MS; 0 turns it off
+   * @param rounds where each socket's round is kept @default a WeakMap
+   */
+  constructor(sockets: () => Iterable<S>, intervalMs: number, rounds?: PongRounds<S>) {
+    this.#lastPong = rounds ?? new WeakMap<S, number>();
     if (intervalMs <= 0) return;
     this.#timer = setInterval(() => {
       const round = ++this.#round;
