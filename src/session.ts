@@ -69,6 +69,18 @@ const INVALID_MUTE_MS = 1000;
 export const ERROR_LINES_PER_CONNECTION = 5;
 const ERROR_SUMMARY_MS = 60_000;
 
+/** One ParseLimits per config, not one object per connection. */
+const parseLimits = new WeakMap<Config, ParseLimits>();
+
+function parseLimitsFor(config: Config): ParseLimits {
+  let limits = parseLimits.get(config);
+  if (limits === undefined) {
+    limits = { maxMessageLength: config.maxMessageLength, maxHistoryLimit: 500, defaultHistoryLimit: 50 };
+    parseLimits.set(config, limits);
+  }
+  return limits;
+}
+
 /** Typing notices relayed at most this often per connection. */
 const TYPING_INTERVAL_MS = 1000;
 
@@ -108,7 +120,8 @@ export class Session {
   #inbox: Inbound[] | null = [];
   #inboxBytes = 0;
   #closed = false;
-  readonly #rate: ConnectionLimits;
+  /** Made at the first charge: an idle connection never has one (96 B each). */
+  #rateLimits: ConnectionLimits | null = null;
   /** Counted in the address's connections (released at close). */
   #counted = false;
   /** Error lines logged, and those not logged since the last summary. */
@@ -132,14 +145,23 @@ export class Session {
     readonly deps: SessionDeps,
     readonly init: SessionInit,
   ) {
-    const { config } = deps;
-    this.#rate = new ConnectionLimits(config, deps.addresses ?? null, init.address ?? "unknown");
-    this.#limits = {
-      maxMessageLength: config.maxMessageLength,
-      maxHistoryLimit: 500,
-      defaultHistoryLimit: 50,
-    };
+    this.#limits = parseLimitsFor(deps.config);
     this.#log = deps.logger;
+  }
+
+  get #rate(): ConnectionLimits {
+    this.#rateLimits ??= new ConnectionLimits(
+      this.deps.config,
+      this.deps.addresses ?? null,
+      this.init.address ?? "unknown",
+    );
+    return this.#rateLimits;
+  }
+
+  /** Member's report of a client closed for not reading (a method: no closure per connection). */
+  memberSlow(): void {
+    this.deps.metrics.slowConsumerClosed();
+    this.#log.warn({ conn: this.#conn, room: this.init.room }, "closing a client that does not read");
   }
 
   get socket(): ChatSocket | null {
@@ -162,10 +184,7 @@ export class Session {
       }
       this.#counted = true;
     }
-    const member = new Member(socket, name, mode, config.maxBufferedBytes, () => {
-      metrics.slowConsumerClosed();
-      this.#log.warn({ conn: this.#conn, room }, "closing a client that does not read");
-    });
+    const member = new Member(socket, name, mode, config.maxBufferedBytes, this);
     this.#member = member;
     if (this.init.identity) {
       const govDeps = { hub, store: this.deps.store, tokens: config, logger: this.#log, clock: this.deps.expiry };

