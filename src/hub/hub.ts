@@ -12,12 +12,6 @@ export interface ChatSocket {
   /** Bytes queued for this client and not yet written to the network. */
   bufferedAmount(): number;
   /**
-   * Optional: sends a frame that many sockets send alike. A runtime that can
-   * frame it once for all (ws on Node) keeps the framed bytes on the
-   * {@link SharedFrame}; without this method, `send(frame.text)` is used.
-   */
-  sendShared?(frame: SharedFrame): void;
-  /**
    * Optional: stop reading this client's frames for `ms` (TCP backpressure
    * then slows the client itself). The session calls it for a connection
    * that floods invalid frames: dropping them unread still costs the
@@ -33,21 +27,9 @@ export interface ChatSocket {
   persist?(key: string, value: string): void;
 }
 
-/**
- * One frame for many recipients: the room serializes a message once, and the
- * first socket that needs a wire form makes it and leaves it here for the
- * others, so a broadcast costs one serialization and one framing in all.
- */
-export class SharedFrame {
-  /** The runtime's wire form (ws: header and payload in one Buffer), made once. */
-  framed: unknown = undefined;
-
-  constructor(readonly text: string) {}
-}
-
 interface Held {
   id: string | null;
-  text: string | SharedFrame;
+  text: string;
 }
 
 /**
@@ -92,28 +74,26 @@ export class Member {
   }
 
   /**
-   * Sends one pre-serialized frame (a {@link SharedFrame} when the same frame
-   * goes to many members); `id` is the message id it carries, if any.
+   * Sends one pre-serialized frame (the same string for every member of a
+   * room); `id` is the message id it carries, if any.
    */
-  deliver(text: string | SharedFrame, id: string | null = null): void {
+  deliver(text: string, id: string | null = null): void {
     if (this.#closing) return;
     if (this.#held) {
       this.#held.push({ id, text });
-      this.#heldSize += typeof text === "string" ? text.length : text.text.length;
+      this.#heldSize += text.length;
       if (this.#heldSize > this.maxBuffered) this.closeSlow();
       return;
     }
     this.#send(text, id);
   }
 
-  #send(text: string | SharedFrame, id: string | null): void {
+  #send(text: string, id: string | null): void {
     if (id !== null) {
       if (this.#lastId !== null && id <= this.#lastId) return;
       this.#lastId = id;
     }
-    if (typeof text === "string") this.socket.send(text);
-    else if (this.socket.sendShared) this.socket.sendShared(text);
-    else this.socket.send(text.text);
+    this.socket.send(text);
     this.checkBacklog();
   }
 
@@ -189,7 +169,7 @@ export class Member {
     while (this.#heldAt < held.length && sent < budget && !this.#closing) {
       const h = held[this.#heldAt] as Held;
       held[this.#heldAt++] = undefined as unknown as Held; // let it be collected
-      const size = typeof h.text === "string" ? h.text.length : h.text.text.length;
+      const size = h.text.length;
       this.#heldSize -= size;
       sent += size;
       this.#send(h.text, h.id);

@@ -1,5 +1,5 @@
 import { type ChatMessage, type EchoFrame, type PresenceFrame, serialize } from "../protocol.ts";
-import { type Broadcaster, type Member, SharedFrame } from "./hub.ts";
+import type { Broadcaster, Member } from "./hub.ts";
 
 /** One room's members on this instance. */
 export class LocalRoom {
@@ -153,8 +153,7 @@ export class LocalRoom {
     const echo = sender !== null && cid !== undefined ? serialize({ ...message, cid } satisfies EchoFrame) : null;
     const b = this.broadcaster;
     if (!b) {
-      const shared = new SharedFrame(text);
-      for (const m of this.members) m.deliver(echo !== null && m === sender ? echo : shared, message.id);
+      for (const m of this.members) m.deliver(echo !== null && m === sender ? echo : text, message.id);
       return;
     }
     const except = echo !== null && sender !== null && this.#live.has(sender) ? sender : null;

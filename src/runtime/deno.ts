@@ -6,8 +6,8 @@
  * Deno.serve). The start-up itself is the shared one (./start.ts).
  *
  * By default (DENO_SERVER=node) it serves through node:http and `ws`
- * instead, exactly as on Node (./node-ws.ts): a room's frame is built once
- * for every recipient and each socket corked per turn, invalid UTF-8 closes
+ * instead, exactly as on Node (./node-ws.ts): a turn's room frames are built
+ * once and written to each client in one write, invalid UTF-8 closes
  * with 1007, and an idle connection costs less memory; docs/benchmarks.md
  * has the numbers. DENO_SERVER=deno keeps Deno.serve, where Deno checks
  * UTF-8 itself and drops the connection without a close frame (the client

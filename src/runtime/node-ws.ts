@@ -1,7 +1,8 @@
 /**
  * Node's WebSocket side, for src/runtime/node.ts (and Deno's node:http mode):
- * the `ws` server configured for the contract, our sockets over it (framed
- * once per room message, corked per turn), Hono's WebSocket helper over it,
+ * the `ws` server configured for the contract, our sockets over it and the
+ * rooms' broadcaster (a turn's frames built once and written to each client
+ * in one write), Hono's WebSocket helper over it,
  * and serving the app through @hono/node-server with it.
  *
  * The helper is our own rather than @hono/node-server's:
@@ -26,7 +27,7 @@ import { WebSocket, WebSocketServer } from "ws";
 import type { Answer, DirectUpgrades } from "../app.ts";
 import type { Config } from "../config.ts";
 import type { RequestView } from "../governance/token.ts";
-import type { Broadcaster, ChatSocket, SharedFrame } from "../hub/hub.ts";
+import type { Broadcaster, ChatSocket } from "../hub/hub.ts";
 import type { Logger } from "../observability/logger.ts";
 import { selectSubprotocol } from "../protocol.ts";
 import type { Session, SessionInit } from "../session.ts";
@@ -69,41 +70,26 @@ export function createWsServer(config: Config): WebSocketServer {
  * test/unit/node-shared-frame.test.ts fails if this changes.
  */
 interface WsInternals {
-  _socket: { write(data: Buffer): boolean; cork(): void; uncork(): void };
+  _socket: { write(data: Buffer): boolean };
 }
 
 /**
- * Sockets corked since the last flush. Fan-outs that run in the same
- * event-loop turn (every message of one SQLite batch, every frame read in one
- * poll phase) then reach each client in one writev instead of one write
- * syscall per message, which is most of a delivery's cost.
- *
- * When the fan-out comes from a client's frame (HISTORY=memory: delivered
- * while ws reads), the flush is a setImmediate: it runs once the poll phase
- * has read what had arrived, so the batch grows with the load by itself.
- * process.nextTick there flushed after each read instead: HISTORY=memory
- * fan-out cost 8.2 µs of server CPU per delivery against 2.6
- * (docs/benchmarks.md). Any other fan-out (a SQLite batch's, after its
- * commit in a setImmediate; a Redis read's; a timer's) is flushed on
- * process.nextTick, which runs once the promise callbacks that deliver the
- * whole batch have run: a setImmediate queued from inside the check phase
- * would wait for the next turn, whose poll phase reads new frames before
- * this batch is out, halving the batches under load (65 against 101
- * deliveries per writev in saturation, docs/benchmarks.md).
+ * True while ws hands a client's frame to the app (the poll phase). A room's
+ * frames published then are written out with a setImmediate, once the poll
+ * phase has read what had arrived, so a turn's log grows with the load by
+ * itself (process.nextTick there wrote after each read: HISTORY=memory
+ * fan-out cost 8.2 µs of server CPU per delivery against 2.6,
+ * docs/benchmarks.md). Any other publish (a SQLite batch's fan-out, after
+ * its commit in a setImmediate; a Redis read's; a timer's) is written out on
+ * process.nextTick, once the callback that fans the whole batch out has run:
+ * a setImmediate queued from inside the check phase would wait for the next
+ * turn, whose poll phase reads new frames first, halving the batches under
+ * load (65 against 101 deliveries per write in saturation).
  */
-const corked: WsFramedSocket[] = [];
-
-/** True while ws hands a client's frame to the app (poll phase): see {@link corked}. */
 let reading = false;
 
-/** Most bytes a socket holds corked before it writes them out within the turn. */
+/** Most UTF-16 units of frames a turn's log holds before it is written out within the turn. */
 const FLUSH_BYTES = 64 * 1024;
-
-function flushCorked(): void {
-  // Uncorking can run callbacks that fan out again; those cork anew.
-  const list = corked.splice(0);
-  for (const socket of list) socket.uncork();
-}
 
 /** `Sender.frame` is a public static of ws (Socket.IO's engine uses it) but @types/ws lacks it. */
 const { Sender } = wsModule as unknown as {
@@ -159,60 +145,25 @@ class WsSocket implements ChatSocket {
 }
 
 /**
- * A connection without permessage-deflate: a message for a whole room is
- * framed once ({@link frameText}) and the same Buffer is written to every
- * socket, instead of ws encoding and framing the text again per recipient.
+ * A connection without permessage-deflate: a room's frames are framed once
+ * ({@link frameText}) and the same bytes are written to every such socket,
+ * instead of ws encoding and framing the text again per recipient.
  * (Compressed connections need their own deflated frame: plain WsSocket.)
  */
 class WsFramedSocket extends WsSocket {
   readonly #tcp: WsInternals["_socket"];
-  #corked = false;
-  /**
-   * Bytes written since the cork. Past FLUSH_BYTES the socket is uncorked
-   * (one writev) and corked again: the kernel takes what a reading client
-   * can take, and only what it refuses stays in the socket's buffer, where
-   * bufferedAmount counts it. Without this, a burst of one turn would sit
-   * corked in full and a client that reads would be closed with 1013
-   * (test/integration/node.test.ts, "a burst larger than ...").
-   */
-  #corkedBytes = 0;
 
   constructor(id: string, raw: WebSocket) {
     super(id, raw);
     this.#tcp = (raw as unknown as WsInternals)._socket;
   }
 
-  sendShared(frame: SharedFrame): void {
-    if (turnLog !== null) writeOutBefore(this);
-    // ws.send drops frames once closing starts; so do we.
-    if (this.raw.readyState !== 1) return;
-    let bytes = frame.framed as Buffer | undefined;
-    if (bytes === undefined) {
-      bytes = frameText(frame.text);
-      frame.framed = bytes;
-    }
-    const tcp = this.#tcp;
-    if (!this.#corked) {
-      this.#corked = true;
-      tcp.cork();
-      if (corked.push(this) === 1) {
-        if (reading) setImmediate(flushCorked);
-        else process.nextTick(flushCorked);
-      }
-    }
-    tcp.write(bytes);
-    this.#corkedBytes += bytes.length;
-    if (this.#corkedBytes >= FLUSH_BYTES) {
-      this.#corkedBytes = 0;
-      tcp.uncork();
-      tcp.cork();
-    }
-  }
-
   /**
    * Writes a channel's frames of this turn as one Buffer: `all` (every
    * frame, the same Buffer for every subscriber) when this socket gets every
-   * frame, else the ones from `from` on that it does not skip.
+   * frame, else the ones from `from` on that it does not skip. The bytes go
+   * to ws's TCP socket, where ws writes its own frames and where
+   * `bufferedAmount` counts what the client has not taken.
    */
   override writeLog(
     texts: readonly string[],
@@ -230,13 +181,6 @@ class WsFramedSocket extends WsSocket {
       bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     }
     this.#tcp.write(bytes);
-  }
-
-  /** Ends this turn's cork: what was written goes out in one writev. */
-  uncork(): void {
-    this.#corked = false;
-    this.#corkedBytes = 0;
-    this.#tcp.uncork();
   }
 }
 
@@ -260,7 +204,7 @@ interface TurnLog {
 
 let turnLog: TurnLog | null = null;
 
-/** Writes the turn's log out at the end of the turn (the same rule as {@link corked}). */
+/** Writes the turn's log out at the end of the turn (see {@link reading}). */
 function endOfTurn(): void {
   if (turnLog !== null) writeOut(turnLog);
   turnStarts = true;

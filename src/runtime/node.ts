@@ -1,7 +1,7 @@
 /**
  * Node entry: @hono/node-server v2 for HTTP, our `ws` server for the
  * WebSockets (./node-ws.ts: frame limit, subprotocol rule, compression,
- * pre-framed corked fan-out, heartbeat) and better-sqlite3 for history. The
+ * the rooms' broadcaster, heartbeat) and better-sqlite3 for history. The
  * start-up itself is the shared one (./start.ts).
  */
 import { mkdirSync } from "node:fs";

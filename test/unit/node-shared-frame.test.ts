@@ -1,14 +1,15 @@
 /**
- * The Node fast path writes one pre-framed Buffer to each ws connection's TCP
- * socket, a private part of ws (`_socket`). These cases fail if a ws upgrade
- * moves it or changes what `bufferedAmount` counts, before users see it.
+ * The Node fan-out (WsBroadcaster) writes one pre-framed Buffer per turn to
+ * each ws connection's TCP socket, a private part of ws (`_socket`). These
+ * cases fail if a ws upgrade moves it or changes what `bufferedAmount`
+ * counts, before users see it.
  */
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import type { WSContext } from "hono/ws";
 import { describe, expect, it } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import { Member, SharedFrame } from "../../src/hub/hub.ts";
+import { Member } from "../../src/hub/hub.ts";
 import { LocalRoom } from "../../src/hub/room.ts";
 import { type ChatMessage, formatMessageId } from "../../src/protocol.ts";
 import { frameText, toSocket, WsBroadcaster } from "../../src/runtime/node-ws.ts";
@@ -83,70 +84,63 @@ describe("ws pre-framed sends (src/runtime/node-ws.ts)", () => {
     expect(frameText(utf8)[1]).toBe(Buffer.byteLength(utf8));
   });
 
-  it("writes shared frames to the TCP socket in order with ordinary sends", async () => {
+  it("writes a turn's frames to the TCP socket in order with ordinary sends", async () => {
     const { server, client } = await pair();
     const socket = toSocket(asContext(server), "t1");
-    expect(socket.sendShared).toBeTypeOf("function");
-    // The private part the fast path writes to.
+    // The private part the broadcaster writes to.
     expect(typeof (server as unknown as { _socket?: { write?: unknown } })._socket?.write).toBe("function");
+    const broadcaster = new WsBroadcaster(16 * 1024 * 1024);
+    broadcaster.subscribe(socket, "m:r");
     const texts = ['{"n":1}', "héllo ✓ 🙂", "x".repeat(70_000), '{"n":4}', "y".repeat(300)];
     const received = collect(client, texts.length * 2);
-    const shared = texts.map((t) => new SharedFrame(t));
-    for (const [i, t] of texts.entries()) {
+    for (const t of texts) {
       socket.send(`plain ${t}`);
-      socket.sendShared!(shared[i]!);
+      broadcaster.publish("m:r", t, null);
     }
     expect(await received).toEqual(texts.flatMap((t) => [`plain ${t}`, t]));
-    // Framed once, kept on the frame for the next socket.
-    expect(Buffer.isBuffer(shared[0]!.framed)).toBe(true);
   });
 
-  it("frames once for many sockets", async () => {
+  it("frames a turn once for every subscriber: one Buffer, one write per client", async () => {
     const a = await pair();
     const b = await pair();
-    const frame = new SharedFrame('{"type":"message","message":"hi"}');
-    const gotA = collect(a.client, 1);
-    const gotB = collect(b.client, 1);
-    toSocket(asContext(a.server), "a").sendShared!(frame);
-    const first = frame.framed;
-    toSocket(asContext(b.server), "b").sendShared!(frame);
-    expect(frame.framed).toBe(first);
-    expect(await gotA).toEqual([frame.text]);
-    expect(await gotB).toEqual([frame.text]);
-  });
-
-  it("counts shared bytes in bufferedAmount, so a client that does not read is closed with 1013", async () => {
-    const { server, client } = await pair();
-    // The client stops reading: the kernel buffers fill, then ws's socket queue.
-    (client as unknown as { _socket: { pause(): void } })._socket.pause();
-    const closed = new Promise<number>((r) => server.once("close", (code: number) => r(code)));
-    let slow = 0;
-    const member = new Member(toSocket(asContext(server), "slow"), null, "seed", 1024 * 1024, () => slow++);
-    member.release(null, null);
-    const frame = new SharedFrame("z".repeat(60_000));
-    for (let i = 0; i < 2000 && member.open; i++) member.deliver(frame, null);
-    expect(member.open).toBe(false);
-    expect(slow).toBe(1);
-    expect(server.bufferedAmount).toBeGreaterThan(1024 * 1024);
-    (client as unknown as { _socket: { resume(): void } })._socket.resume();
-    expect(await closed).toBe(1013);
+    const writes = new Map<string, Buffer[]>();
+    for (const [name, side] of [
+      ["a", a.server],
+      ["b", b.server],
+    ] as const) {
+      const tcp = (side as unknown as { _socket: { write(data: Buffer): boolean } })._socket;
+      const write = tcp.write.bind(tcp);
+      writes.set(name, []);
+      tcp.write = (data: Buffer) => {
+        writes.get(name)!.push(data);
+        return write(data);
+      };
+    }
+    const broadcaster = new WsBroadcaster(1024 * 1024);
+    broadcaster.subscribe(toSocket(asContext(a.server), "a"), "m:r");
+    broadcaster.subscribe(toSocket(asContext(b.server), "b"), "m:r");
+    const gotA = collect(a.client, 2);
+    const gotB = collect(b.client, 2);
+    broadcaster.publish("m:r", '{"type":"message","message":"hi"}', null);
+    broadcaster.publish("m:r", '{"type":"message","message":"there"}', null);
+    expect(await gotA).toEqual(['{"type":"message","message":"hi"}', '{"type":"message","message":"there"}']);
+    expect(await gotB).toEqual(await gotA);
+    expect(writes.get("a")).toHaveLength(1);
+    expect(writes.get("b")).toHaveLength(1);
+    expect(writes.get("a")![0]).toBe(writes.get("b")![0]);
   });
 
   it("sends nothing once the connection is closing", async () => {
     const { server, client } = await pair();
     const socket = toSocket(asContext(server), "c");
+    const broadcaster = new WsBroadcaster(1024 * 1024);
+    broadcaster.subscribe(socket, "m:r");
     server.close(1000, "bye");
-    expect(() => socket.sendShared!(new SharedFrame("late"))).not.toThrow();
+    expect(() => broadcaster.publish("m:r", "late", null)).not.toThrow();
     const frames: string[] = [];
     client.on("message", (d: Buffer) => frames.push(d.toString()));
     await new Promise<void>((r) => client.once("close", () => r()));
     expect(frames).toEqual([]);
-  });
-
-  it("leaves compressed connections to ws (each needs its own deflated frame)", async () => {
-    const { server } = await pair(true);
-    expect(server.extensions).toContain("permessage-deflate");
-    expect(toSocket(asContext(server), "z").sendShared).toBeUndefined();
   });
 });
 
