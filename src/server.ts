@@ -20,7 +20,7 @@ export interface ServerParts
   openSqlite: (path: string) => SqliteDatabase;
   /** Creates the folder that holds the SQLite file. */
   ensureDir: (path: string) => void;
-  /** The runtime's native fan-out (Bun's topics), used by the memory hub. @default none */
+  /** The runtime's room fan-out (WsBroadcaster, BunBroadcaster), used by the hubs. @default none */
   broadcaster?: Broadcaster;
 }
 

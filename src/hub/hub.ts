@@ -190,8 +190,9 @@ export class Member {
 }
 
 /**
- * Native fan-out a runtime may offer (Bun's topic publish): one call sends a
- * frame to every subscriber of a channel, framed once. Optional; without it a
+ * The fan-out a runtime may offer (WsBroadcaster on ws, BunBroadcaster on
+ * Bun): a room's frame goes to every subscriber of a channel, framed once,
+ * and a turn's frames reach each client in one write. Optional; without it a
  * room sends to each member. Rooms subscribe only released members, so the
  * welcome still comes first.
  */

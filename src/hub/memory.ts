@@ -67,7 +67,7 @@ export class MemoryHub implements Hub {
   readonly healthy = true;
 
   /**
-   * @param broadcaster native fan-out for the rooms (Bun's topic publish)
+   * @param broadcaster the runtime's fan-out for the rooms (WsBroadcaster, BunBroadcaster)
    *   @default null: one send per member
    * @param events the webhooks' sink (docs/api.md: webhooks), told after each action
    *   took effect @default null: nothing is reported, at no cost per message

@@ -8,7 +8,7 @@
  *   first and last connections (webhook events), the heartbeat;
  * - the log (through the RedisStore): edits, deletes.
  * Fan-out is the LocalRoom's, as with the memory hub: one frame for all
- * members (framed once on Node, Bun's topics when the runtime has them),
+ * members (through the runtime's room broadcaster when it has one),
  * presence merged per interval. The sender's echo (with its cid) is matched
  * locally by message id: the cid never leaves this instance.
  */
@@ -60,7 +60,7 @@ export interface RedisHubOptions {
   mirror?: HistoryStore | null;
   /** Sharded pub/sub (REDIS_CLUSTER). @default false */
   sharded?: boolean;
-  /** The runtime's native fan-out (Bun's topics). @default none: one send per member */
+  /** The runtime's room fan-out (WsBroadcaster, BunBroadcaster). @default none: one send per member */
   broadcaster?: Broadcaster | null;
   /** The webhooks' sink. @default none */
   events?: EventSink | null;
@@ -365,7 +365,7 @@ export class RedisHub implements Hub {
  *
  * @param local a per-instance history (HISTORY=sqlite|memory), or null for Redis
  * @param events the webhooks' sink @default null
- * @param broadcaster the runtime's native fan-out (Bun's topics) @default null
+ * @param broadcaster the runtime's room fan-out (WsBroadcaster, BunBroadcaster) @default null
  */
 export async function createRedisParts(
   config: Config,

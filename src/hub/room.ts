@@ -23,7 +23,7 @@ export class LocalRoom {
   #lastUsers = "";
 
   /**
-   * @param broadcaster native fan-out (Bun's topics) @default null: one send per member
+   * @param broadcaster the runtime's fan-out (WsBroadcaster, BunBroadcaster) @default null: one send per member
    * @param presenceIntervalMs at most one presence frame per this many ms
    *   (PRESENCE_INTERVAL_MS); 0 sends every change at once @default 250
    */

@@ -1,7 +1,8 @@
 /**
  * Bun entry: Bun.serve with our WebSocket helper (./bun-ws.ts), bun:sqlite
  * for history, the contract's limits on Bun's own WebSocket options, and room
- * fan-out through Bun's topic publish (one framing per message). The
+ * fan-out through BunBroadcaster (a turn's frames, one corked write per
+ * client). The
  * start-up itself is the shared one (./start.ts).
  *
  * hono/bun (for serveStatic) is marked deprecated in favour of @hono/bun,

@@ -232,7 +232,7 @@ function writeOut(log: TurnLog): void {
 }
 
 /**
- * The rooms' fan-out on ws, as Bun's topics are on Bun (the hub's
+ * The rooms' fan-out on ws, as BunBroadcaster is on Bun (the hub's
  * {@link Broadcaster}): a room subscribes its released members, and the
  * frames a channel gets in one event-loop turn are framed once, joined into
  * one Buffer and written to each subscriber with one write at the end of

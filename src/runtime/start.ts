@@ -39,7 +39,7 @@ export interface RuntimeEntry {
   env: Record<string, string | undefined>;
   exit(code: number): never;
   onSignal(signal: "SIGTERM" | "SIGINT", handler: () => void): void;
-  /** The WebSocket helper, socket adapter, static files, SQLite driver (and Bun's topics). */
+  /** The WebSocket helper, socket adapter, static files, SQLite driver (and the rooms' broadcaster). */
   parts(config: Config, logger: Logger): Promise<Omit<ServerParts, "config" | "logger" | "metrics" | "runtime">>;
   /** Serves the app on `config.host:config.port`; resolves once it listens. */
   serve(chat: BuiltChat, config: Config, logger: Logger): Promise<Served>;
