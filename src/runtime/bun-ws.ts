@@ -12,17 +12,27 @@
  * contract's subprotocol rule (hono/bun echoes the first offered protocol).
  */
 import { defineWebSocketHelper, type SendOptions, WSContext, type WSContextInit, type WSEvents } from "hono/ws";
+import type { Answer, DirectUpgrades } from "../app.ts";
 import type { Config } from "../config.ts";
+import type { RequestView } from "../governance/token.ts";
 import type { Broadcaster, ChatSocket } from "../hub/hub.ts";
 import { CloseCode, selectSubprotocol } from "../protocol.ts";
+import type { Session, SessionInit } from "../session.ts";
 import { Heartbeat } from "./start.ts";
 
-/** What a connection carries in Bun's `ws.data`. */
+/**
+ * What a connection carries in Bun's `ws.data`: the app's events and their
+ * WSContext (through Hono's route), or its session (the direct route, see
+ * {@link directUpgrade}).
+ */
 interface BunData {
-  events: WSEvents<BunSocket>;
+  events: WSEvents<BunSocket> | null;
   protocol: string;
   /** Made once, at open. */
   ctx: WSContext<BunSocket> | null;
+  /** Direct route: the checked parameters until open, then the session. */
+  init: SessionInit | null;
+  session: Session | null;
 }
 
 /** The slice of Bun's ServerWebSocket used here. */
@@ -41,7 +51,7 @@ export interface BunSocket {
 /** The slice of Bun's Server used here. */
 export interface BunServer {
   readonly port: number;
-  upgrade(req: Request, options: { data: BunData; headers?: Record<string, string> }): boolean;
+  upgrade(req: Request, options: { data: BunData; headers?: HeadersInit }): boolean;
   stop(closeActiveConnections?: boolean): Promise<void>;
 }
 
@@ -56,7 +66,7 @@ export const upgradeWebSocket = defineWebSocketHelper<BunSocket>(async (c, event
   // The contract selects chat.v1 wherever it is offered, else none (an
   // empty header sends none).
   const protocol = selectSubprotocol(c.req.header("sec-websocket-protocol")) ?? "";
-  const data: BunData = { events, protocol, ctx: null };
+  const data: BunData = { events, protocol, ctx: null, init: null, session: null };
   if (server.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": protocol } })) {
     // Bun answers the upgrade itself; this response is not sent.
     return new Response(null);
@@ -96,6 +106,7 @@ type EventName = "onOpen" | "onMessage" | "onClose" | "onError";
  */
 function dispatch(ws: BunSocket, name: EventName, event: unknown): void {
   const events = ws.data.events;
+  if (events === null) return;
   try {
     (events[name] as ((this: unknown, event: never, ctx: WSContext<BunSocket>) => void) | undefined)?.call(
       events,
@@ -161,6 +172,80 @@ let reading = false;
 /** The core's socket over the WSContext's Bun socket. */
 export function toSocket(ws: WSContext, id: string): ChatSocket {
   return new BunChatSocket(id, ws.raw as BunSocket);
+}
+
+const toBunSocket = (raw: BunSocket, id: string): ChatSocket => new BunChatSocket(id, raw);
+
+/** What the app's checks read of a Bun request: its headers, and its query parsed once. */
+class BunRequestView implements RequestView {
+  #query: URLSearchParams | null = null;
+
+  constructor(readonly req: Request) {}
+
+  header(name: string): string | undefined {
+    return this.req.headers.get(name) ?? undefined;
+  }
+
+  query(name: string): string | undefined {
+    this.#query ??= new URL(this.req.url).searchParams;
+    return this.#query.get(name) ?? undefined;
+  }
+}
+
+/** The slice of Bun's Server the direct route uses beside {@link BunServer}. */
+interface BunPeer {
+  requestIP(req: Request): { address: string } | null;
+}
+
+/**
+ * Answers `GET /websocket` through the app's {@link DirectUpgrades}, as
+ * ./node-ws.ts does on Node: the same checks and answers as the route
+ * through Hono, without a Hono Context, WSContext or the app's events per
+ * connection (Bun's `ws.data` holds the session). Returns null for any
+ * other request, and before the app knows its security headers.
+ */
+export function directUpgrade(
+  direct: DirectUpgrades,
+  req: Request,
+  server: BunServer & BunPeer,
+): Response | undefined | null | Promise<Response | undefined> {
+  const security = direct.headers;
+  if (security === null || req.method !== "GET") return null;
+  const url = req.url;
+  // The path only: scheme and host end at the third "/".
+  const at = url.indexOf("/", url.indexOf("//") + 2);
+  if (at < 0 || !url.startsWith("/websocket", at) || (url.length !== at + 10 && url.charCodeAt(at + 10) !== 63)) {
+    return null;
+  }
+  const view = new BunRequestView(req);
+  const admitted = direct.admit(view, server.requestIP(req)?.address);
+  return admitted instanceof Promise
+    ? admitted.then((a) => answerDirect(a, view, req, server, security))
+    : answerDirect(admitted, view, req, server, security);
+}
+
+function answerDirect(
+  admitted: SessionInit | Answer,
+  view: BunRequestView,
+  req: Request,
+  server: BunServer,
+  security: readonly (readonly [string, string])[],
+): Response | undefined {
+  const headers = new Headers();
+  for (const [name, value] of security) headers.set(name, value);
+  if ("status" in admitted) {
+    headers.set("content-type", "application/json");
+    if (admitted.headers) for (const [name, value] of Object.entries(admitted.headers)) headers.set(name, value);
+    return new Response(JSON.stringify(admitted.body), { status: admitted.status, headers });
+  }
+  const protocol = selectSubprotocol(view.header("sec-websocket-protocol")) ?? "";
+  headers.set("Sec-WebSocket-Protocol", protocol);
+  const data: BunData = { events: null, protocol, ctx: null, init: admitted, session: null };
+  if (server.upgrade(req, { data, headers })) return undefined;
+  return new Response(JSON.stringify({ error: "not a valid WebSocket handshake" }), {
+    status: 400,
+    headers: { "content-type": "application/json" },
+  });
 }
 
 /** A broadcast waiting for its turn's flush. */
@@ -334,7 +419,7 @@ const OPEN_EVENT = { type: "open" };
  * Bun.serve's `websocket` option: our helper's handlers plus the contract's
  * limits, and our heartbeat (Bun's `idleTimeout` counts whole seconds).
  */
-export function websocketOptions(config: Config) {
+export function websocketOptions(config: Config, direct?: DirectUpgrades) {
   const sockets = new Set<BunSocket>();
   const heartbeat = new Heartbeat(() => sockets, config.heartbeatMs);
   const options = {
@@ -353,6 +438,12 @@ export function websocketOptions(config: Config) {
     open(ws: BunSocket) {
       sockets.add(ws);
       heartbeat.opened(ws);
+      const d = ws.data;
+      if (d.init !== null && direct) {
+        d.session = direct.open(d.init, ws, toBunSocket);
+        d.init = null;
+        return;
+      }
       dispatch(ws, "onOpen", OPEN_EVENT);
     },
     message(ws: BunSocket, message: string | Uint8Array) {
@@ -362,14 +453,20 @@ export function websocketOptions(config: Config) {
           : message.buffer.slice(message.byteOffset, message.byteOffset + message.byteLength);
       reading = true;
       try {
-        dispatch(ws, "onMessage", { type: "message", data });
+        const session = ws.data.session;
+        if (session !== null) session.message(data as string | ArrayBuffer);
+        else dispatch(ws, "onMessage", { type: "message", data });
+      } catch (error) {
+        console.error(error);
       } finally {
         reading = false;
       }
     },
     close(ws: BunSocket, code: number, reason: string) {
       sockets.delete(ws);
-      dispatch(ws, "onClose", { type: "close", code, reason, wasClean: true });
+      const session = ws.data.session;
+      if (session !== null && direct) direct.closed(session, code);
+      else dispatch(ws, "onClose", { type: "close", code, reason, wasClean: true });
     },
     pong(ws: BunSocket) {
       heartbeat.ponged(ws);

@@ -12,7 +12,14 @@ import { mkdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { getConnInfo, serveStatic } from "hono/bun";
 import type { SqliteDatabase } from "../store/sqlite.ts";
-import { BunBroadcaster, type BunServer, toSocket, upgradeWebSocket, websocketOptions } from "./bun-ws.ts";
+import {
+  BunBroadcaster,
+  type BunServer,
+  directUpgrade,
+  toSocket,
+  upgradeWebSocket,
+  websocketOptions,
+} from "./bun-ws.ts";
 import { type Running, start } from "./start.ts";
 
 declare const Bun: {
@@ -44,14 +51,21 @@ export function main(env: Record<string, string | undefined> = process.env): Pro
       };
     },
     async serve(chat, config) {
-      const ws = websocketOptions(config);
+      const direct = chat.direct;
+      const ws = websocketOptions(config, direct);
       const tls = config.tls;
       const bun = Bun.serve({
         port: config.port,
         hostname: config.host,
         ...(tls ? { tls: { cert: readFileSync(tls.cert, "utf8"), key: readFileSync(tls.key, "utf8") } } : {}),
+        // GET /websocket without Hono (as on Node); the rest, and every
+        // upgrade before the app knows its security headers, through it.
         // `{ server }`: what our upgrade helper and hono/bun's getConnInfo read.
-        fetch: (req: Request, self: BunServer) => chat.app.fetch(req, { server: self }),
+        fetch(req: Request, self: Parameters<typeof directUpgrade>[2]) {
+          // null: not the direct route's (undefined: upgraded, as Bun wants it).
+          const answered = direct ? directUpgrade(direct, req, self) : null;
+          return answered !== null ? answered : chat.app.fetch(req, { server: self });
+        },
         websocket: ws.options,
       });
       return {
