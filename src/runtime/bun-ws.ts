@@ -33,6 +33,8 @@ interface BunData {
   /** Direct route: the checked parameters until open, then the session. */
   init: SessionInit | null;
   session: Session | null;
+  /** The heartbeat's round of the last pong (here, not in a WeakMap entry per connection). */
+  pongRound: number;
 }
 
 /** The slice of Bun's ServerWebSocket used here. */
@@ -66,7 +68,7 @@ export const upgradeWebSocket = defineWebSocketHelper<BunSocket>(async (c, event
   // The contract selects chat.v1 wherever it is offered, else none (an
   // empty header sends none).
   const protocol = selectSubprotocol(c.req.header("sec-websocket-protocol")) ?? "";
-  const data: BunData = { events, protocol, ctx: null, init: null, session: null };
+  const data: BunData = { events, protocol, ctx: null, init: null, session: null, pongRound: 0 };
   if (server.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": protocol } })) {
     // Bun answers the upgrade itself; this response is not sent.
     return new Response(null);
@@ -240,7 +242,7 @@ function answerDirect(
   }
   const protocol = selectSubprotocol(view.header("sec-websocket-protocol")) ?? "";
   headers.set("Sec-WebSocket-Protocol", protocol);
-  const data: BunData = { events: null, protocol, ctx: null, init: admitted, session: null };
+  const data: BunData = { events: null, protocol, ctx: null, init: admitted, session: null, pongRound: 0 };
   if (server.upgrade(req, { data, headers })) return undefined;
   return new Response(JSON.stringify({ error: "not a valid WebSocket handshake" }), {
     status: 400,
@@ -421,7 +423,12 @@ const OPEN_EVENT = { type: "open" };
  */
 export function websocketOptions(config: Config, direct?: DirectUpgrades) {
   const sockets = new Set<BunSocket>();
-  const heartbeat = new Heartbeat(() => sockets, config.heartbeatMs);
+  const heartbeat = new Heartbeat(() => sockets, config.heartbeatMs, {
+    get: (ws) => ws.data.pongRound,
+    set: (ws, round) => {
+      ws.data.pongRound = round;
+    },
+  });
   const options = {
     // Bun closes with 1009 past this, before buffering the frame.
     maxPayloadLength: config.maxFrameBytes,
