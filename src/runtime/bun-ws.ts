@@ -446,7 +446,7 @@ export function websocketOptions(config: Config, direct?: DirectUpgrades) {
       sockets.add(ws);
       heartbeat.opened(ws);
       const d = ws.data;
-      if (d.init !== null && direct) {
+      if (d.init && direct) {
         d.session = direct.open(d.init, ws, toBunSocket);
         d.init = null;
         return;
@@ -461,7 +461,7 @@ export function websocketOptions(config: Config, direct?: DirectUpgrades) {
       reading = true;
       try {
         const session = ws.data.session;
-        if (session !== null) session.message(data as string | ArrayBuffer);
+        if (session) session.message(data as string | ArrayBuffer);
         else dispatch(ws, "onMessage", { type: "message", data });
       } catch (error) {
         console.error(error);
@@ -472,7 +472,7 @@ export function websocketOptions(config: Config, direct?: DirectUpgrades) {
     close(ws: BunSocket, code: number, reason: string) {
       sockets.delete(ws);
       const session = ws.data.session;
-      if (session !== null && direct) direct.closed(session, code);
+      if (session && direct) direct.closed(session, code);
       else dispatch(ws, "onClose", { type: "close", code, reason, wasClean: true });
     },
     pong(ws: BunSocket) {

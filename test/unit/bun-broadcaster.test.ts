@@ -78,7 +78,9 @@ const { options } = websocketOptions({
 
 /** Runs `fn` as the app's handler of a frame Bun's `message` handler hands over. */
 function inFrame(fn: () => void): void {
-  const ws = { data: { events: { onMessage: fn }, protocol: "", ctx: null } } as unknown as BunSocket;
+  const ws = {
+    data: { events: { onMessage: fn }, protocol: "", ctx: null, init: null, session: null, pongRound: 0 },
+  } as unknown as BunSocket;
   options.message(ws, "{}");
 }
 
