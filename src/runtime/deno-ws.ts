@@ -5,6 +5,7 @@
 import { defineWebSocketHelper, type UpgradeWebSocket, WSContext, type WSReadyState } from "hono/ws";
 import type { ChatSocket } from "../hub/hub.ts";
 import { selectSubprotocol } from "../protocol.ts";
+import { currentTurn, sameTurn } from "./start.ts";
 
 declare const Deno: {
   upgradeWebSocket(req: Request, options: { idleTimeout: number }): { response: Response; socket: WebSocket };
@@ -69,20 +70,6 @@ export function upgradeWebSocket(idleTimeout: number): UpgradeWebSocket {
   });
 }
 
-/** Counts event-loop turns, lazily: one timer however many sockets send. */
-let turn = 0;
-let turnPending = false;
-function currentTurn(): number {
-  if (!turnPending) {
-    turnPending = true;
-    setTimeout(() => {
-      turn++;
-      turnPending = false;
-    }, 0);
-  }
-  return turn;
-}
-
 /**
  * Deno counts a frame in `bufferedAmount` until its asynchronous write
  * completes, even for a client that reads: a burst fanned out in one turn
@@ -106,6 +93,6 @@ export function toSocket(ws: WSContext, id: string): ChatSocket {
       fresh += raw.bufferedAmount - before;
     },
     close: (code, reason) => raw.close(code, reason),
-    bufferedAmount: () => raw.bufferedAmount - (at === turn ? fresh : 0),
+    bufferedAmount: () => raw.bufferedAmount - (sameTurn(at) ? fresh : 0),
   };
 }

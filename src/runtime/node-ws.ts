@@ -31,7 +31,7 @@ import type { Broadcaster, ChatSocket } from "../hub/hub.ts";
 import type { Logger } from "../observability/logger.ts";
 import { selectSubprotocol } from "../protocol.ts";
 import type { Session, SessionInit } from "../session.ts";
-import { type BuiltChat, Heartbeat, type Served } from "./start.ts";
+import { type BuiltChat, currentTurn, Heartbeat, type Served, sameTurn } from "./start.ts";
 
 /**
  * How long a server-side close waits for the client's close frame before the
@@ -115,9 +115,26 @@ class WsSocket implements ChatSocket {
     readonly raw: WebSocket,
   ) {}
 
+  /** The turn of {@link fresh} (see bufferedAmount). */
+  #turn = -1;
+  /** Bytes this socket queued in that turn and not yet handed on. */
+  #fresh = 0;
+
   send(text: string): void {
     if (turnLog !== null) writeOutBefore(this);
+    const before = this.raw.bufferedAmount;
     this.raw.send(text);
+    this.wrote(before);
+  }
+
+  /** Counts what a write queued in this turn (`before`: bufferedAmount before it). */
+  protected wrote(before: number): void {
+    const now = currentTurn();
+    if (now !== this.#turn) {
+      this.#turn = now;
+      this.#fresh = 0;
+    }
+    this.#fresh += this.raw.bufferedAmount - before;
   }
 
   close(code: number, reason: string): void {
@@ -125,8 +142,16 @@ class WsSocket implements ChatSocket {
     this.raw.close(code, reason);
   }
 
+  /**
+   * What the client has not taken from earlier turns. Node hands a write to
+   * the kernel at once, so this turn's share is what the kernel refused,
+   * counted from the next turn; Deno's node:net counts every write as queued
+   * until its asynchronous op completes, even for a client that reads, so a
+   * turn's writes there would pass for a slow consumer (as on Deno.serve,
+   * ./deno-ws.ts).
+   */
   bufferedAmount(): number {
-    return this.raw.bufferedAmount;
+    return this.raw.bufferedAmount - (sameTurn(this.#turn) ? this.#fresh : 0);
   }
 
   pause(ms: number): void {
@@ -140,7 +165,9 @@ class WsSocket implements ChatSocket {
    * text through ws, which compresses it for this connection.
    */
   writeLog(texts: readonly string[], _frames: Buffer | null, from: number, skip: readonly (WsSocket | null)[]): void {
+    const before = this.raw.bufferedAmount;
     for (let i = from; i < texts.length; i++) if (skip[i] !== this) this.raw.send(texts[i]!);
+    this.wrote(before);
   }
 }
 
@@ -180,7 +207,9 @@ class WsFramedSocket extends WsSocket {
       if (parts.length === 0) return;
       bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     }
+    const before = this.raw.bufferedAmount;
     this.#tcp.write(bytes);
+    this.wrote(before);
   }
 }
 
@@ -207,18 +236,7 @@ let turnLog: TurnLog | null = null;
 /** Writes the turn's log out at the end of the turn (see {@link reading}). */
 function endOfTurn(): void {
   if (turnLog !== null) writeOut(turnLog);
-  turnStarts = true;
 }
-
-/**
- * True until the first write of a turn: only then do the sockets' queues
- * hold nothing of this turn. Deno's node:net counts every byte written as
- * queued until its write op completes, a timer's length later even for a
- * client that reads (eight 8 KiB writes: writableLength 65536 after a
- * setImmediate, 0 after 20 ms), so a backlog read after this turn's writes
- * would close readers for a large turn. Node hands them to the kernel at once.
- */
-let turnStarts = true;
 
 /** Before a direct send to (or close of) `socket`: its broadcast frames go first. */
 function writeOutBefore(socket: WsSocket): void {
@@ -317,17 +335,15 @@ export class WsBroadcaster implements Broadcaster {
     const skips = skip.some((s) => s !== null);
     let all: Buffer | undefined;
     let over = false;
-    const checkBacklog = turnStarts;
-    turnStarts = false;
     for (const socket of sockets) {
       const from = joinedAt?.get(socket) ?? 0;
       const whole = from === 0 && !(skips && skip.includes(socket));
       if (whole && all === undefined) {
         all = texts.length === 1 ? frameText(texts[0]!) : Buffer.concat(texts.map(frameText));
       }
-      // What it had not taken before this turn (see turnStarts).
-      if (checkBacklog && socket.bufferedAmount() > this.maxBuffered) over = true;
       socket.writeLog(texts, whole ? all! : null, from, skip);
+      // What it has not taken from earlier turns (see WsSocket.bufferedAmount).
+      if (socket.bufferedAmount() > this.maxBuffered) over = true;
     }
     if (over) this.#over.add(log.channel);
   }

@@ -86,6 +86,34 @@ export async function start(entry: RuntimeEntry): Promise<Running> {
 }
 
 /** The slice of a server-side WebSocket the heartbeat needs (ws and Bun alike). */
+/** Event-loop turns counted so far (see {@link currentTurn}). */
+let turn = 0;
+let turnPending = false;
+
+/**
+ * The current event-loop turn, counted lazily: one timer however many
+ * sockets write. Deno (its WebSocket, and its node:net under ws) counts a
+ * write as queued until its asynchronous op completes, even for a client
+ * that reads, so a burst fanned out in one turn would pass for a slow
+ * consumer; the sockets there count as backlog only what is left from
+ * earlier turns ({@link sameTurn}).
+ */
+export function currentTurn(): number {
+  if (!turnPending) {
+    turnPending = true;
+    setTimeout(() => {
+      turn++;
+      turnPending = false;
+    }, 0);
+  }
+  return turn;
+}
+
+/** True while the turn `at` (from {@link currentTurn}) is still the current one. */
+export function sameTurn(at: number): boolean {
+  return at === turn;
+}
+
 export interface Pingable {
   ping(): unknown;
   terminate(): void;

@@ -86,7 +86,10 @@ export function runtimeCases(target: ServerTarget): void {
       // Stop reading from the socket: the server's buffer for it grows.
       const raw = (stuck.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket;
       raw.pause();
-      const sender = await connect(room);
+      // Joined before it bursts: a connection's frames before its join are
+      // bounded (64), and under load the join can finish after 65 of them.
+      const sender = await connect(room, { protocols: "chat.v1" });
+      await sender.waitFor("welcome");
       const big = "y".repeat(1900);
       // Kernel buffers take a few MB first; the server's metric says when it gave up.
       let slow = false;
