@@ -134,7 +134,9 @@ class WsSocket implements ChatSocket {
       this.#turn = now;
       this.#fresh = 0;
     }
-    this.#fresh += this.raw.bufferedAmount - before;
+    // Never negative: bytes the kernel took meanwhile were older ones.
+    const added = this.raw.bufferedAmount - before;
+    if (added > 0) this.#fresh += added;
   }
 
   close(code: number, reason: string): void {
