@@ -85,7 +85,6 @@ export async function start(entry: RuntimeEntry): Promise<Running> {
   return { chat, served, config, logger, stop };
 }
 
-/** The slice of a server-side WebSocket the heartbeat needs (ws and Bun alike). */
 /** Event-loop turns counted so far (see {@link currentTurn}). */
 let turn = 0;
 let turnPending = false;
@@ -114,6 +113,7 @@ export function sameTurn(at: number): boolean {
   return at === turn;
 }
 
+/** The slice of a server-side WebSocket the heartbeat needs (ws and Bun alike). */
 export interface Pingable {
   ping(): unknown;
   terminate(): void;
