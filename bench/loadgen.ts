@@ -403,16 +403,17 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     }
   };
 
-  const onBytes = (conn: Conn, b: Uint8Array) => {
-    const at = (b as Buffer).indexOf(MARK_BYTES);
-    if (at < 0) {
+  /** A payload at b[start, end), found by its `"message":"~` mark. */
+  const onBytes = (conn: Conn, b: Buffer, start: number, end: number, receivedAt: number) => {
+    const at = b.indexOf(MARK_BYTES, start);
+    if (at < 0 || at + MARK_BYTES.length > end) {
       otherFrames++;
       return;
     }
     const [sender, i1] = readIntBytes(b, at + MARK_BYTES.length);
     const [seq, i2] = readIntBytes(b, i1 + 1);
     const [sentAt] = readIntBytes(b, i2 + 1);
-    onPayload(conn, sender, seq, sentAt, nowMicros());
+    onPayload(conn, sender, seq, sentAt, receivedAt);
   };
 
   /**
@@ -446,19 +447,9 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
       for (let m = 1; c >= 48 && c <= 57; m *= 10, c = b[--i]!) sender += (c - 48) * m;
       ok = c === 0x7e && b[i - 1] === 0x22 && b[i - 2] === 0x3a; // `":~`: the start of `"message":"~`
     }
-    if (!ok) {
-      const at = b.indexOf(MARK_BYTES, start);
-      if (at < 0 || at + MARK_BYTES.length > end) {
-        otherFrames++;
-        return;
-      }
-      const [s, i1] = readIntBytes(b, at + MARK_BYTES.length);
-      const [q, i2] = readIntBytes(b, i1 + 1);
-      [sentAt] = readIntBytes(b, i2 + 1);
-      sender = s;
-      seq = q;
-    }
-    onPayload(conn, sender, seq, sentAt, Math.round((receivedMs - t0) * 1000));
+    const receivedAt = Math.round((receivedMs - t0) * 1000);
+    if (ok) onPayload(conn, sender, seq, sentAt, receivedAt);
+    else onBytes(conn, b, start, end, receivedAt);
   };
 
   const onText = (conn: Conn, s: string) => {
@@ -532,7 +523,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
         conn.send = (t) => ws.send(t);
         conn.close = () => ws.terminate();
         ws.on("open", opened);
-        ws.on("message", (data: Buffer) => onBytes(conn, data));
+        ws.on("message", (data: Buffer) => onBytes(conn, data, 0, data.length, nowMicros()));
         ws.on("close", closed);
         ws.on("error", (e: Error) => {
           if (!conn.open) reject(e);
@@ -544,7 +535,9 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
         conn.close = () => ws.close();
         ws.onopen = opened;
         ws.onmessage = (e: MessageEvent) =>
-          typeof e.data === "string" ? onText(conn, e.data) : onBytes(conn, Buffer.from(e.data as ArrayBuffer));
+          typeof e.data === "string"
+            ? onText(conn, e.data)
+            : onBytes(conn, Buffer.from(e.data as ArrayBuffer), 0, (e.data as ArrayBuffer).byteLength, nowMicros());
         ws.onclose = closed;
         ws.onerror = () => {
           if (!conn.open) reject(new Error("connect failed"));
