@@ -166,7 +166,8 @@ class WsSocket implements ChatSocket {
    * Writes a channel's frames of this turn ({@link WsBroadcaster}): each
    * text through ws, which compresses it for this connection.
    */
-  writeLog(texts: readonly string[], _frames: Buffer | null, from: number, skip: readonly (WsSocket | null)[]): void {
+  writeLog(log: TurnLog, _frames: () => readonly Buffer[], _all: Buffer | null, from: number): void {
+    const { texts, skip } = log;
     const before = this.raw.bufferedAmount;
     for (let i = from; i < texts.length; i++) if (skip[i] !== this) this.raw.send(texts[i]!);
     this.wrote(before);
@@ -190,22 +191,19 @@ class WsFramedSocket extends WsSocket {
   /**
    * Writes a channel's frames of this turn as one Buffer: `all` (every
    * frame, the same Buffer for every subscriber) when this socket gets every
-   * frame, else the ones from `from` on that it does not skip. The bytes go
-   * to ws's TCP socket, where ws writes its own frames and where
-   * `bufferedAmount` counts what the client has not taken.
+   * frame, else the ones from `from` on that it does not skip, out of the
+   * log's `frames` (each framed once for every socket). The bytes go to ws's
+   * TCP socket, where ws writes its own frames and where `bufferedAmount`
+   * counts what the client has not taken.
    */
-  override writeLog(
-    texts: readonly string[],
-    all: Buffer | null,
-    from: number,
-    skip: readonly (WsSocket | null)[],
-  ): void {
+  override writeLog(log: TurnLog, frames: () => readonly Buffer[], all: Buffer | null, from: number): void {
     // ws.send drops frames once closing starts; so do we.
     if (this.raw.readyState !== 1) return;
     let bytes = all;
     if (bytes === null) {
+      const framed = frames();
       const parts: Buffer[] = [];
-      for (let i = from; i < texts.length; i++) if (skip[i] !== this) parts.push(frameText(texts[i]!));
+      for (let i = from; i < framed.length; i++) if (log.skip[i] !== this) parts.push(framed[i]!);
       if (parts.length === 0) return;
       bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     }
@@ -333,17 +331,24 @@ export class WsBroadcaster implements Broadcaster {
   write(log: TurnLog): void {
     const sockets = this.#channels.get(log.channel);
     if (sockets === undefined) return;
-    const { texts, skip, joinedAt } = log;
-    const skips = skip.some((s) => s !== null);
-    let all: Buffer | undefined;
+    const { joinedAt } = log;
+    // Sockets that skip a frame of this log (a sender whose echo went directly).
+    const skipping = log.skip.some((s) => s !== null) ? new Set(log.skip) : null;
+    let framed: Buffer[] | null = null;
+    const frames = () => {
+      framed ??= log.texts.map(frameText);
+      return framed;
+    };
+    let all: Buffer | null = null;
     let over = false;
     for (const socket of sockets) {
       const from = joinedAt?.get(socket) ?? 0;
-      const whole = from === 0 && !(skips && skip.includes(socket));
-      if (whole && all === undefined) {
-        all = texts.length === 1 ? frameText(texts[0]!) : Buffer.concat(texts.map(frameText));
+      const whole = from === 0 && !skipping?.has(socket);
+      if (whole && all === null) {
+        const f = frames();
+        all = f.length === 1 ? f[0]! : Buffer.concat(f);
       }
-      socket.writeLog(texts, whole ? all! : null, from, skip);
+      socket.writeLog(log, frames, whole ? all : null, from);
       // What it has not taken from earlier turns (see WsSocket.bufferedAmount).
       if (socket.bufferedAmount() > this.maxBuffered) over = true;
     }
