@@ -96,6 +96,27 @@ export interface Answer {
 }
 
 /**
+ * The headers of an {@link Answer} as the route through Hono sends them:
+ * the security headers, the JSON content type and the answer's own, by
+ * lower-case name in order (as a Response lists them).
+ */
+export function answerHeaders(answer: Answer, security: readonly (readonly [string, string])[]): [string, string][] {
+  const headers: [string, string][] = security.map(([name, value]) => [name, value]);
+  headers.push(["content-type", "application/json"]);
+  if (answer.headers) for (const [name, value] of Object.entries(answer.headers)) headers.push([name, value]);
+  return headers.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+}
+
+/**
+ * True when the request target `url`, from index `at` (where its path
+ * starts), is the app's WebSocket route: `/websocket`, with or without a
+ * query. What a runtime's direct route ({@link DirectUpgrades}) takes.
+ */
+export function isWebSocketTarget(url: string, at = 0): boolean {
+  return url.startsWith("/websocket", at) && (url.length === at + 10 || url.charCodeAt(at + 10) === 63); // "?"
+}
+
+/**
  * The `/websocket` route for a runtime that answers upgrades itself: the
  * same checks, answers and sessions as the route through Hono, without
  * what Hono adds per request (a Context, routing, the middleware chain,

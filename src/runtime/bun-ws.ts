@@ -12,7 +12,7 @@
  * contract's subprotocol rule (hono/bun echoes the first offered protocol).
  */
 import { defineWebSocketHelper, type SendOptions, WSContext, type WSContextInit, type WSEvents } from "hono/ws";
-import type { Answer, DirectUpgrades } from "../app.ts";
+import { type Answer, answerHeaders, type DirectUpgrades, isWebSocketTarget } from "../app.ts";
 import type { Config } from "../config.ts";
 import type { RequestView } from "../governance/token.ts";
 import type { Broadcaster, ChatSocket } from "../hub/hub.ts";
@@ -216,9 +216,7 @@ export function directUpgrade(
   const url = req.url;
   // The path only: scheme and host end at the third "/".
   const at = url.indexOf("/", url.indexOf("//") + 2);
-  if (at < 0 || !url.startsWith("/websocket", at) || (url.length !== at + 10 && url.charCodeAt(at + 10) !== 63)) {
-    return null;
-  }
+  if (at < 0 || !isWebSocketTarget(url, at)) return null;
   const view = new BunRequestView(req);
   const admitted = direct.admit(view, server.requestIP(req)?.address);
   return admitted instanceof Promise
@@ -233,14 +231,14 @@ function answerDirect(
   server: BunServer,
   security: readonly (readonly [string, string])[],
 ): Response | undefined {
-  const headers = new Headers();
-  for (const [name, value] of security) headers.set(name, value);
   if ("status" in admitted) {
-    headers.set("content-type", "application/json");
-    if (admitted.headers) for (const [name, value] of Object.entries(admitted.headers)) headers.set(name, value);
-    return new Response(JSON.stringify(admitted.body), { status: admitted.status, headers });
+    return new Response(JSON.stringify(admitted.body), {
+      status: admitted.status,
+      headers: answerHeaders(admitted, security),
+    });
   }
   const protocol = selectSubprotocol(view.header("sec-websocket-protocol")) ?? "";
+  const headers = new Headers(security as [string, string][]);
   headers.set("Sec-WebSocket-Protocol", protocol);
   const data: BunData = { events: null, protocol, ctx: null, init: admitted, session: null, pongRound: 0 };
   if (server.upgrade(req, { data, headers })) return undefined;

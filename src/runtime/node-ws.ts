@@ -24,7 +24,7 @@ import { getQueryParam } from "hono/utils/url";
 import { defineWebSocketHelper, type SendOptions, WSContext, type WSContextInit, type WSEvents } from "hono/ws";
 import * as wsModule from "ws";
 import { WebSocket, WebSocketServer } from "ws";
-import type { Answer, DirectUpgrades } from "../app.ts";
+import { type Answer, answerHeaders, type DirectUpgrades, isWebSocketTarget } from "../app.ts";
 import type { Config } from "../config.ts";
 import type { RequestView } from "../governance/token.ts";
 import type { Broadcaster, ChatSocket } from "../hub/hub.ts";
@@ -485,10 +485,7 @@ async function refuse(socket: Duplex, res: Response): Promise<void> {
 
 /** {@link refuse} for an answer made without a Response; the headers as a Response would list them. */
 function refuseDirect(socket: Duplex, answer: Answer, security: readonly (readonly [string, string])[]): Promise<void> {
-  const headers: (readonly [string, string])[] = [...security, ["content-type", "application/json"]];
-  if (answer.headers) for (const [name, value] of Object.entries(answer.headers)) headers.push([name, value]);
-  headers.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  return writeRefusal(socket, answer.status, headers, Buffer.from(JSON.stringify(answer.body)));
+  return writeRefusal(socket, answer.status, answerHeaders(answer, security), Buffer.from(JSON.stringify(answer.body)));
 }
 
 async function writeRefusal(
@@ -649,11 +646,6 @@ function failConn(conn: Conn, error: Error): void {
 
 const OPEN_EVENT = { type: "open" };
 
-/** True for the request target of the app's WebSocket route, `/websocket` with or without a query. */
-function isWebSocketTarget(url: string | undefined): boolean {
-  return url?.startsWith("/websocket") === true && (url.length === 10 || url.charCodeAt(10) === 63); // "?"
-}
-
 /**
  * Answers `GET /websocket` through the app's {@link DirectUpgrades}, the
  * way the plain ws server answers any upgrade: synchronously in the
@@ -709,7 +701,7 @@ function directUpgrades(
   };
   return (req, socket, head) => {
     const security = direct.headers;
-    if (security === null || req.method !== "GET" || !isWebSocketTarget(req.url)) return false;
+    if (security === null || req.method !== "GET" || req.url === undefined || !isWebSocketTarget(req.url)) return false;
     if (security !== headersFrom) {
       headersFrom = security;
       // The app's response headers (security headers) go on the 101 too.
